@@ -1,0 +1,1 @@
+"""Loads known-model registry data; see registry.toml."""

@@ -1,0 +1,234 @@
+"""The Python API, in the shape of the stdlib ``lzma`` module.
+
+    data = tinylmz.compress(b"...")            # bytes -> .tlmz bytes
+    tinylmz.decompress(data)                   # and back
+    with tinylmz.open("x.tlmz", "wb") as f:    # file objects, streamed block by block
+        f.write(b"...")
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import io
+import os
+import zlib
+from typing import Callable, Iterator
+
+from . import codec, container
+from .codec import DEFAULT_BLOCK_SIZE, DEFAULT_ENGINE, DEFAULT_SEGMENT_TOKENS, Session, Stats
+from .container import Header
+from .errors import FormatError, TinylmzError
+
+Progress = Callable[[int], None]  # called with a number of input bytes done
+
+
+@functools.lru_cache(maxsize=2)
+def _session(model_sha: str, model_path: str, model_name: str, engine: str, segment_tokens: int,
+             context: bytes | None, params_key: str | None):
+    import json
+
+    from .registry import ResolvedModel
+
+    model = ResolvedModel(path=model_path, name=model_name, sha256=model_sha, size=os.path.getsize(model_path))
+    params = json.loads(params_key) if params_key else None
+    eng = codec.make_engine(engine, model, segment_tokens=segment_tokens, params=params)
+    return Session(model, eng, segment_tokens=segment_tokens, context=context)
+
+
+def get_session(model, engine: str, segment_tokens: int, context: bytes | None, params: dict | None = None) -> Session:
+    """A cached Session (loading an engine takes seconds; reuse it across calls)."""
+    import json
+
+    key = json.dumps(params, sort_keys=True) if params is not None else None
+    return _session(model.sha256, str(model.path), model.name, engine, segment_tokens, context or None, key)
+
+
+class Compressor:
+    """Writes a .tlmz stream to ``fileobj``: ``write()`` bytes, then ``close()``."""
+
+    def __init__(self, fileobj, *, model=None, engine: str | None = None, context: bytes | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int = DEFAULT_SEGMENT_TOKENS,
+                 progress: Progress | None = None, measure: bool = False) -> None:
+        from . import registry
+
+        if not 0 < block_size <= container.MAX_BLOCK:
+            raise TinylmzError(f"block size must be between 1 and {container.MAX_BLOCK}")
+        if segment_tokens < 1:
+            raise TinylmzError("segment length must be at least 1 token")
+        resolved = registry.resolve(model if model is None else str(model))
+        self.session = get_session(resolved, engine or DEFAULT_ENGINE, segment_tokens, context)
+        self.header = Header(
+            model={"name": resolved.name, "sha256": resolved.sha256},
+            engine={"name": self.session.engine.name, "params": self.session.engine.params()},
+            block_size=block_size,
+            segment_tokens=segment_tokens,
+            start_id=self.session.vocab.start_id,
+            context=codec.context_identity(context),
+        )
+        self._f = fileobj
+        self._buf = bytearray()
+        self._total = 0
+        self._crc = 0
+        self._progress = progress
+        self._measure = measure
+        self.stats = Stats()
+        self.size = container.write_header(fileobj, self.header)
+        self._closed = False
+
+    def write(self, data) -> int:
+        self._buf += data
+        bs = self.header.block_size
+        while len(self._buf) > bs:
+            cut = codec.split_point(self._buf, bs)
+            self._emit(bytes(self._buf[:cut]))
+            del self._buf[:cut]
+        return len(data)
+
+    def _emit(self, raw: bytes) -> None:
+        method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress)
+        self.size += container.write_block(self._f, method, raw, payload)
+        self._total += len(raw)
+        self._crc = zlib.crc32(raw, self._crc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+        self.size += container.write_trailer(self._f, self._total, self._crc)
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.close()
+
+
+def open_reader(fileobj, *, model=None, context: bytes | None = None, force: bool = False):
+    """(container.Reader, Session or None): the header is read and the model/engine/context checked.
+
+    The session is only built (model loaded) when the stream has a model-coded block,
+    so lzma/stored-only files decode without the model.
+    """
+    reader = container.Reader(fileobj)
+    h = reader.header
+    codec.check_context(h, context)
+
+    def session() -> Session:
+        model_file = codec.resolve_for_header(h, model)
+        s = get_session(model_file, h.engine["name"], h.segment_tokens, context, h.engine.get("params"))
+        s.engine.check_params(h.engine.get("params") or {}, force=force)
+        if s.vocab.start_id != h.start_id:
+            raise FormatError("header start token does not match the model")
+        return s
+
+    return reader, session
+
+
+def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force: bool = False,
+                    progress: Progress | None = None) -> Iterator[bytes]:
+    """Yield the original bytes block by block; raises FormatError on any damage."""
+    reader, make_session = open_reader(fileobj, model=model, context=context, force=force)
+    session = None
+    total, crc = 0, 0
+    for block in reader.blocks():
+        if block.method == container.MODEL and session is None:
+            session = make_session()
+        raw = codec.decode_block(session, block, progress)
+        if progress and block.method != container.MODEL:
+            progress(len(raw))
+        total += len(raw)
+        crc = zlib.crc32(raw, crc)
+        yield raw
+    if reader.trailer != (total, crc):
+        raise FormatError("file decodes to the wrong bytes (whole-file checksum mismatch)")
+
+
+def compress(data: bytes, *, model=None, engine: str | None = None, context: bytes | None = None,
+             block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int = DEFAULT_SEGMENT_TOKENS) -> bytes:
+    """Compress ``data`` into .tlmz bytes (default model, portable engine)."""
+    out = io.BytesIO()
+    with Compressor(out, model=model, engine=engine, context=context, block_size=block_size,
+                    segment_tokens=segment_tokens) as c:
+        c.write(data)
+    return out.getvalue()
+
+
+def decompress(data: bytes, *, model=None, context: bytes | None = None, force: bool = False) -> bytes:
+    """Decompress .tlmz bytes; raises FormatError / ModelError / EngineMismatch."""
+    return b"".join(iter_decompress(io.BytesIO(data), model=model, context=context, force=force))
+
+
+class TinylmzFile(io.BufferedIOBase):
+    """A file object over a .tlmz file: mode "rb" reads the original bytes, "wb" compresses."""
+
+    def __init__(self, filename, mode: str = "rb", **kwargs) -> None:
+        if mode in ("r", "rb"):
+            mode = "rb"
+        elif mode in ("w", "wb", "x", "xb"):
+            mode = mode[0] + "b"
+        else:
+            raise ValueError(f"invalid mode {mode!r}")
+        self._own = isinstance(filename, (str, bytes, os.PathLike))
+        self._fp = builtins.open(filename, mode) if self._own else filename
+        self._mode = mode
+        if mode == "rb":
+            self._blocks = iter_decompress(self._fp, **kwargs)
+            self._pending = b""
+            self._eof = False
+        else:
+            self._writer = Compressor(self._fp, **kwargs)
+
+    def readable(self) -> bool:
+        return self._mode == "rb"
+
+    def writable(self) -> bool:
+        return self._mode != "rb"
+
+    def write(self, data) -> int:
+        if self._mode == "rb":
+            raise io.UnsupportedOperation("not writable")
+        return self._writer.write(bytes(data))
+
+    def read(self, size: int = -1) -> bytes:
+        if self._mode != "rb":
+            raise io.UnsupportedOperation("not readable")
+        chunks = [self._pending]
+        have = len(self._pending)
+        while (size is None or size < 0 or have < size) and not self._eof:
+            try:
+                b = next(self._blocks)
+            except StopIteration:
+                self._eof = True
+                break
+            chunks.append(b)
+            have += len(b)
+        data = b"".join(chunks)
+        if size is None or size < 0:
+            self._pending = b""
+            return data
+        self._pending = data[size:]
+        return data[:size]
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._mode != "rb":
+                self._writer.close()
+        finally:
+            if self._own:
+                self._fp.close()
+            super().close()
+
+
+def open(filename, mode: str = "rb", **kwargs) -> TinylmzFile:  # noqa: A001 - mirrors lzma.open
+    """Open a .tlmz file in binary mode ("rb" or "wb"), like ``lzma.open``."""
+    return TinylmzFile(filename, mode, **kwargs)

@@ -1,0 +1,303 @@
+"""Blocks of bytes ⇄ coded blocks: tokens → engine → frequencies → range coder.
+
+A block's tokens are cut into segments of ``segment_tokens``; each segment is
+an independent stream that starts from the shared prefix (start token + the
+optional context) and is coded on its own.  The decoder advances all streams
+of a block in lockstep (one model call per step for up to ``max_streams``
+streams).  A block the model cannot beat is stored with lzma or as is.
+"""
+
+from __future__ import annotations
+
+import lzma
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import container, freqs
+from .container import LZMA, MODEL, STORED, Header, read_varint, varint
+from .errors import FormatError, ModelError, TinylmzError
+from .rangecoder import Decoder, Encoder
+
+DEFAULT_ENGINE = "portable"
+DEFAULT_BLOCK_SIZE = 64 * 1024
+DEFAULT_SEGMENT_TOKENS = 1024
+# Encoder-only shortcut: blocks whose tokenization is mostly single bytes are
+# binary; the model cannot help and would take a model call per byte.
+MAX_TOKENS_PER_BYTE = 0.6
+
+
+@dataclass
+class Stats:
+    """What the encoder saw, for ``-v`` and benchmarks."""
+
+    raw_bytes: int = 0
+    tokens: int = 0
+    coded_bytes: int = 0  # model-coded payloads only
+    model_bits: float = 0.0  # -log2 p of the coded ids under the float softmax (if measured)
+    methods: dict = field(default_factory=dict)
+
+
+def make_engine(name: str, model, *, segment_tokens: int, params: dict | None = None):
+    """Build engine ``name`` for a resolved model; ``params`` from a file header when decoding."""
+    if name == "portable":
+        from .engine_portable import PortableEngine
+
+        return PortableEngine(model.path, model.sha256)
+    if name == "llama":
+        from .engine_llama import LlamaEngine
+
+        if params is not None:
+            return LlamaEngine.from_params(model.path, params)
+        return LlamaEngine(model.path, seg_len=segment_tokens)
+    raise TinylmzError(f"unknown engine {name!r} (choose portable or llama)")
+
+
+class Session:
+    """One model, one engine, one prefix: codes and decodes blocks."""
+
+    def __init__(self, model, engine, *, segment_tokens: int, context: bytes | None = None) -> None:
+        from .tokens import Tokenizer, Vocab
+
+        self.model = model
+        self.engine = engine
+        self.vocab = Vocab.from_gguf(model.path)
+        if self.vocab.n_vocab != engine.n_vocab:
+            raise ModelError("the model's vocabulary and its output layer differ in size")
+        self.width = self.vocab.n_symbols  # frequency-table width: tokens + missing byte symbols
+        # A byte symbol the vocabulary lacks is fed to the model as the start token.
+        self._input = np.arange(self.width)
+        self._input[self.vocab.n_vocab :] = self.vocab.start_id
+        self._tokenizer = None
+        self._Tokenizer = Tokenizer
+        self.segment_tokens = segment_tokens
+        self.context = context or b""
+        self._prefix = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._Tokenizer(self.model.path, self.vocab)
+        return self._tokenizer
+
+    def prefix_ids(self) -> list[int]:
+        ids = self.tokenizer.encode(self.context).tolist() if self.context else []
+        return [self.vocab.start_id] + ids
+
+    @property
+    def prefix(self):
+        if self._prefix is None:
+            self._prefix = self.engine.prefill(self.prefix_ids())
+        return self._prefix
+
+    # -- encoding ----------------------------------------------------------------------
+
+    def encode_block(self, raw: bytes, stats: Stats | None = None, measure: bool = False,
+                     progress: Callable[[int], None] | None = None) -> tuple[int, bytes]:
+        """(method, payload) for one block, the smallest of model / lzma / stored."""
+        best = (STORED, raw)
+        packed = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if raw else b""
+        if len(packed) < len(best[1]):
+            best = (LZMA, packed)
+        ids = self.tokenizer.encode(raw) if raw else np.zeros(0, np.int32)
+        if progress:
+            progress = _per_token(progress, len(raw), len(ids))
+        if 0 < len(ids) <= MAX_TOKENS_PER_BYTE * len(raw):
+            coded, bits = self.encode_tokens(ids, measure=measure, progress=progress)
+            if len(coded) < len(best[1]):
+                best = (MODEL, coded)
+            if stats is not None:
+                stats.tokens += len(ids)
+                stats.model_bits += bits
+        elif progress:
+            progress(len(ids))
+        if stats is not None:
+            stats.raw_bytes += len(raw)
+            stats.methods[container.METHODS[best[0]]] = stats.methods.get(container.METHODS[best[0]], 0) + 1
+            if best[0] == MODEL:
+                stats.coded_bytes += len(best[1])
+        return best
+
+    def segments(self, ids: np.ndarray) -> list[np.ndarray]:
+        s = self.segment_tokens
+        return [ids[i : i + s] for i in range(0, len(ids), s)]
+
+    def encode_tokens(self, ids: np.ndarray, measure: bool = False, progress=None) -> tuple[bytes, float]:
+        """Model-coded payload for a token sequence: stream count, (tokens, bytes) per stream, streams."""
+        segs = self.segments(ids)
+        bits = 0.0
+        streams = []
+        if self.engine.batch_invariant:
+            for seg in segs:
+                enc, done = Encoder(), 0
+                for rows in self.engine.score(self.prefix, self._input[seg]):
+                    part = seg[done : done + len(rows)]
+                    cum, freq = freqs.symbols(rows, part, self.width)
+                    enc.encode_many(cum, freq, freqs.TOTAL)
+                    if measure:
+                        bits += freqs.model_bits(rows, part)
+                    done += len(rows)
+                    if progress:
+                        progress(len(rows))
+                streams.append(enc.finish())
+        else:
+            streams, bits = self._lockstep(segs, measure, progress)
+        out = bytearray(varint(len(segs)))
+        for seg, data in zip(segs, streams):
+            out += varint(len(seg)) + varint(len(data))
+        for data in streams:
+            out += data
+        return bytes(out), bits
+
+    def _lockstep(self, segs, measure, progress):
+        """Encode segments the way the decoder will decode them (for engines that need it)."""
+        streams, bits = [], 0.0
+        for g in range(0, len(segs), self.engine.max_streams):
+            group = segs[g : g + self.engine.max_streams]
+            encs = [Encoder() for _ in group]
+            stepper = self.engine.stepper(self.prefix, len(group))
+            for step in range(len(group[0])):
+                active = sum(len(s) > step for s in group)
+                logits = stepper.logits()[:active]
+                ids = np.array([s[step] for s in group[:active]])
+                cum, freq = freqs.symbols(logits, ids, self.width)
+                for e, c, f in zip(encs, cum.tolist(), freq.tolist()):
+                    e.encode(c, f, freqs.TOTAL)
+                if measure:
+                    bits += freqs.model_bits(logits, ids)
+                if progress:
+                    progress(active)
+                nxt = sum(len(s) > step + 1 for s in group)
+                if nxt:
+                    stepper.feed(self._input[ids[:nxt]].tolist())
+            streams += [e.finish() for e in encs]
+        return streams, bits
+
+    # -- decoding ----------------------------------------------------------------------
+
+    def decode_payload(self, payload: bytes, raw_len: int, progress=None) -> bytes:
+        """Inverse of ``encode_tokens`` followed by the piece table."""
+        try:
+            n, pos = read_varint(payload, 0)
+            if n > raw_len + 1:
+                raise FormatError("stream count exceeds the block size")
+            lens = []
+            for _ in range(n):
+                t, pos = read_varint(payload, pos)
+                b, pos = read_varint(payload, pos)
+                lens.append((t, b))
+            if sum(t for t, _ in lens) > raw_len or pos + sum(b for _, b in lens) != len(payload):
+                raise FormatError("stream table does not match the payload")
+            if progress:
+                progress = _per_token(progress, raw_len, sum(t for t, _ in lens))
+            if any(lens[i][0] < lens[i + 1][0] for i in range(n - 1)):
+                raise FormatError("streams out of order")
+            datas = []
+            for _, b in lens:
+                datas.append(payload[pos : pos + b])
+                pos += b
+            ids = []
+            for g in range(0, n, self.engine.max_streams):
+                ids += self._decode_group(datas[g : g + self.engine.max_streams],
+                                          [t for t, _ in lens[g : g + self.engine.max_streams]], progress)
+        except ValueError as e:
+            raise FormatError(f"coded stream is damaged ({e})") from None
+        return self.vocab.decode(np.concatenate(ids) if ids else [])
+
+    def _decode_group(self, datas, counts, progress) -> list[np.ndarray]:
+        decs = [Decoder(d) for d in datas]
+        out = [np.zeros(c, dtype=np.int64) for c in counts]
+        if not counts or counts[0] == 0:
+            return out
+        stepper = self.engine.stepper(self.prefix, len(datas))
+        for step in range(counts[0]):
+            active = sum(c > step for c in counts)
+            cum = freqs.cumulative(stepper.logits()[:active], self.width)
+            ids = [decs[i].decode(cum[i]) for i in range(active)]
+            for i, t in enumerate(ids):
+                out[i][step] = t
+            if progress:
+                progress(active)
+            nxt = sum(c > step + 1 for c in counts)
+            if nxt:
+                stepper.feed(self._input[ids[:nxt]].tolist())
+        return out
+
+
+def _per_token(progress: Callable[[int], None], n_bytes: int, n_tokens: int) -> Callable[[int], None]:
+    """Turn a bytes-done callback into a tokens-done one (progress bars count input bytes)."""
+    done = [0, 0]
+
+    def tick(tokens: int) -> None:
+        done[0] += tokens
+        b = n_bytes * done[0] // max(n_tokens, 1)
+        progress(b - done[1])
+        done[1] = b
+
+    return tick
+
+
+def decode_block(session: Session | None, block: container.Block, progress=None) -> bytes:
+    """Decode and verify one block (``session`` may be None for lzma/stored blocks)."""
+    where = f"block {block.index} (at byte {block.offset})"
+    if block.method == STORED:
+        raw = block.payload
+    elif block.method == LZMA:
+        try:
+            raw = lzma.decompress(block.payload)
+        except lzma.LZMAError:
+            raise FormatError(f"{where} is damaged (lzma data)") from None
+    else:
+        raw = session.decode_payload(block.payload, block.raw_len, progress)
+    if len(raw) != block.raw_len or zlib.crc32(raw) != block.raw_crc:
+        raise FormatError(f"{where} decodes to the wrong bytes (checksum mismatch)")
+    return raw
+
+
+def split_point(buf: bytes | bytearray, limit: int) -> int:
+    """Largest cut <= limit that does not split a UTF-8 sequence (when one is there)."""
+    if len(buf) <= limit:
+        return len(buf)
+    for cut in range(limit, max(limit - 4, 0), -1):
+        if buf[cut] & 0xC0 != 0x80:
+            return cut
+    return limit
+
+
+def resolve_for_header(header: Header, model_spec: str | Path | None):
+    """Find the model file a header names (by sha256), or the one the user gave, and check it."""
+    from . import registry
+
+    need = header.model.get("sha256")
+    name = header.model.get("name") or "?"
+    if model_spec is not None:
+        model = registry.resolve(str(model_spec))
+        if model.sha256 != need:
+            raise ModelError(f"file was made with model {name} (sha256 {need}); {model.path} is a different model")
+        return model
+    entry = registry.find(need)
+    if entry is None:
+        raise ModelError(f"file was made with model {name} (sha256 {need}), which is not in the registry: pass it with --model PATH")
+    return registry.resolve(entry.name)
+
+
+def context_identity(context: bytes | None) -> dict | None:
+    if not context:
+        return None
+    import hashlib
+
+    return {"sha256": hashlib.sha256(context).hexdigest(), "size": len(context)}
+
+
+def check_context(header: Header, context: bytes | None) -> None:
+    need = header.context
+    have = context_identity(context)
+    if need is None and have is not None:
+        raise TinylmzError("file was made without a context; do not pass --context")
+    if need is not None and (have is None or have["sha256"] != need.get("sha256")):
+        raise TinylmzError(
+            f"file was made with a context of {need.get('size')} bytes (sha256 {str(need.get('sha256'))[:16]}…): pass the same --context"
+        )

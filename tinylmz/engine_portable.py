@@ -1,0 +1,297 @@
+"""The portable engine: a llama forward pass whose every result is defined by the algorithm.
+
+Rules (DESIGN §3.1), and how each step keeps them:
+
+* Matrix products only over integers.  Activations are quantized per token to
+  int16 and split into two int8 halves (``x = 256*hi + lo``, |hi|, |lo| <= 128);
+  weights are int8 per output row (``weights.py``).  Each half is multiplied in
+  float32 BLAS with the inner dimension cut into chunks of at most 1024, so
+  every partial sum is an integer below 128*127*1024 < 2^24 and exact in any
+  order: BLAS kernel, thread count and batch shape cannot change it.
+  Attention uses int8 q and k (64 * 127^2 < 2^24) and integer softmax weights
+  times int8 v in float64 (sums < 2^53).
+* Everything else is elementwise IEEE ``+ - * /`` and ``sqrt``, ``rint``,
+  max/min, exact integer sums, and table look-ups (``tables.py``): no exp, log
+  or trig at inference time.
+* RMSNorm's sum of squares is taken over the int16-quantized row (exact in
+  float64); softmax is ``exp`` from a table indexed by ``rint(Δ·1024)`` with
+  exact integer row sums; SiLU interpolates a sigmoid table; RoPE reads cos/sin
+  from an exact rotation table.
+
+Results therefore do not depend on how positions are grouped into calls: the
+encoder evaluates a whole segment at once (``score``) and the decoder one token
+per stream per step (``stepper``), and both see identical logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import kernel, tables
+from .errors import EngineMismatch, TinylmzError
+from .weights import KCHUNK, QLinear, Weights
+
+VERSION = 1
+CHUNK = 256  # positions per call in ``score`` (memory bound only; results do not depend on it)
+_EXP = tables.att_exp()
+_SIG = tables.sigmoid()
+
+
+def check_float_environment() -> None:
+    """Refuse to run where float arithmetic is not plain IEEE (FTZ/DAZ, inexact BLAS)."""
+    tiny = np.array([1e-38], dtype=np.float32)
+    if (tiny * np.float32(1e-3))[0] == 0 or (np.array([5e-324]) * 1.0)[0] == 0:
+        raise TinylmzError("denormals are flushed to zero in this process; the portable engine needs IEEE arithmetic")
+    rng = np.random.default_rng(7)
+    a = rng.integers(-128, 129, (4, KCHUNK))
+    b = rng.integers(-127, 128, (KCHUNK, 8))
+    if not np.array_equal((a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64), a @ b):
+        raise TinylmzError("float32 BLAS is not exact on integers here (reduced-precision mode?)")
+
+
+def _quant(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric quantization of the last axis: (integer-valued float64, scale float64)."""
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    s = np.where(amax > 0, amax / levels, 1.0)
+    return np.rint(x / s), s
+
+
+def matmul(x: np.ndarray, w: QLinear) -> np.ndarray:
+    """``x @ W.T`` for float64 rows x, with x quantized to int16 per row; exact integer products."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    xq, sx = _quant(x, 32767)
+    if w.q is not None:
+        acc = kernel.qgemm(xq.astype(np.int16), w.q).astype(np.float64)  # exact: |acc| < 2^53
+    else:
+        acc = _blas_products(xq, w)
+    y = acc * sx * w.scale
+    return y.reshape(*shape[:-1], w.n)
+
+
+def _blas_products(xq: np.ndarray, w: QLinear) -> np.ndarray:
+    """Exact ``xq @ W.T`` through float32 BLAS: int16 rows split into int8 halves, K in chunks."""
+    hi = np.rint(xq / 256)  # exact halving by a power of two, then round half even
+    lo = xq - 256 * hi
+    both = np.concatenate([hi, lo]).astype(np.float32)
+    n = len(xq)
+    pieces = -(-w.k // KCHUNK)
+    step = -(-w.k // pieces)
+    acc = None
+    for k0 in range(0, w.k, step):
+        part = (both[:, k0 : k0 + step] @ w.t[k0 : k0 + step]).astype(np.float64)
+        acc = part if acc is None else acc + part
+    return acc[:n] * 256 + acc[n:]
+
+
+def rmsnorm(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+    xq, s = _quant(x, 32767)
+    ss = (xq * xq).sum(axis=-1, keepdims=True)  # integers < 2^53: exact in any order
+    r = np.sqrt(s * s * ss / x.shape[-1] + eps)
+    return xq * s / r * g
+
+
+def silu(g: np.ndarray) -> np.ndarray:
+    n = tables.SIG_RANGE * tables.SIG_STEPS
+    t = (np.clip(g, -tables.SIG_RANGE, tables.SIG_RANGE) + tables.SIG_RANGE) * tables.SIG_STEPS
+    i = np.floor(t)
+    f = t - i
+    i = i.astype(np.int64)
+    sig = _SIG[i] + (_SIG[i + 1] - _SIG[i]) * f
+    sig = np.where(g < -tables.SIG_RANGE, 0.0, sig)
+    del n
+    return g * sig
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate adjacent pairs (GGUF llama layout); x (..., t, heads, dim), cos/sin (t, dim/2)."""
+    half = cos.shape[-1]
+    a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = x.copy()
+    out[..., 0 : 2 * half : 2] = a * c - b * s
+    out[..., 1 : 2 * half : 2] = a * s + b * c
+    return out
+
+
+class Cache:
+    """int8 keys/values with per-(token, head) scales, for ``n`` streams and ``cap`` positions."""
+
+    def __init__(self, cfg, n: int, cap: int) -> None:
+        L, H, D = cfg.n_layer, cfg.n_head_kv, cfg.head_dim
+        self.k = np.zeros((L, n, H, cap, D), dtype=np.int8)
+        self.v = np.zeros((L, n, H, cap, D), dtype=np.int8)
+        self.sk = np.ones((L, n, H, cap))
+        self.sv = np.ones((L, n, H, cap))
+        self.len = 0
+
+    def grow(self, cap: int) -> None:
+        have = self.k.shape[3]
+        if cap <= have:
+            return
+        pad = lambda a, fill: np.concatenate(  # noqa: E731
+            [a, np.full(a.shape[:3] + (cap - have,) + a.shape[4:], fill, a.dtype)], axis=3
+        )
+        self.k, self.v, self.sk, self.sv = pad(self.k, 0), pad(self.v, 0), pad(self.sk, 1), pad(self.sv, 1)
+
+    def take(self, n: int) -> "Cache":
+        """The first ``n`` streams (views, no copy)."""
+        c = object.__new__(Cache)
+        c.k, c.v, c.sk, c.sv, c.len = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.len
+        return c
+
+    def repeat(self, n: int, cap: int) -> "Cache":
+        """A new cache of ``n`` streams, each a copy of stream 0 of this one, with room for ``cap``."""
+        c = object.__new__(Cache)
+        t = self.len
+        shape = lambda a: (a.shape[0], n, a.shape[2], cap) + a.shape[4:]  # noqa: E731
+        c.k, c.v = np.zeros(shape(self.k), np.int8), np.zeros(shape(self.v), np.int8)
+        c.sk, c.sv = np.ones(shape(self.sk)), np.ones(shape(self.sv))
+        for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv)):
+            a[:, :, :, :t] = b[:, :1, :, :t]
+        c.len = t
+        return c
+
+
+@dataclass
+class PortablePrefix:
+    cache: Cache
+    logits: np.ndarray  # (V,) logits after the last prefix token
+    n_tokens: int
+
+
+class PortableEngine:
+    """Bit-exact llama inference in numpy; see the module docstring for the rules."""
+
+    name = "portable"
+    version = VERSION
+    batch_invariant = True
+    max_streams = 64
+
+    def __init__(self, model_path: Path, sha256: str, native: bool | None = None) -> None:
+        check_float_environment()
+        self.native = kernel.load() is not None if native is None else native
+        self.w = Weights(model_path, sha256, self.native)
+        self.cfg = self.w.cfg
+        self.n_vocab = self.cfg.n_vocab
+        self.rope = tables.Rope(self.cfg.rope_dim, self.cfg.rope_base)
+        self.inv_sqrt_d = 1.0 / np.sqrt(np.float64(self.cfg.head_dim))
+
+    def params(self) -> dict:
+        return {"version": VERSION}
+
+    def check_params(self, params: dict, *, force: bool = False) -> None:
+        if params.get("version") != VERSION:
+            raise EngineMismatch(
+                f"file needs portable engine v{params.get('version')}, this tinylmz has v{VERSION}"
+            )
+
+    # -- the forward pass ------------------------------------------------------------------
+
+    def forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+        """Run tokens ``ids`` (n streams × t positions) after ``cache.len`` cached ones; logits (n, t, V)."""
+        cfg, w = self.cfg, self.w
+        n, t = ids.shape
+        p0 = cache.len
+        cache.grow(p0 + t)
+        self.rope.ensure(p0 + t)
+        cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
+        H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
+        x = w.embd_q[ids].astype(np.float64) * w.embd_s[ids][..., None]
+        for li, layer in enumerate(w.layers):
+            h = rmsnorm(x, layer["attn_norm"], cfg.eps)
+            qkv = matmul(h, layer["qkv"])
+            q = rope(qkv[..., : H * D].reshape(n, t, H, D), cos, sin)
+            k = rope(qkv[..., H * D : (H + KV) * D].reshape(n, t, KV, D), cos, sin)
+            v = qkv[..., (H + KV) * D :].reshape(n, t, KV, D)
+            kq, sk = _quant(k, 127)
+            vq, sv = _quant(v, 127)
+            cache.k[li, :, :, p0 : p0 + t] = kq.transpose(0, 2, 1, 3)
+            cache.v[li, :, :, p0 : p0 + t] = vq.transpose(0, 2, 1, 3)
+            cache.sk[li, :, :, p0 : p0 + t] = sk[..., 0].transpose(0, 2, 1)
+            cache.sv[li, :, :, p0 : p0 + t] = sv[..., 0].transpose(0, 2, 1)
+            att = self._attend(q, cache, li, p0 + t)
+            x = x + matmul(att.reshape(n, t, H * D), layer["o"])
+            h = rmsnorm(x, layer["ffn_norm"], cfg.eps)
+            gu = matmul(h, layer["gateup"])
+            x = x + matmul(silu(gu[..., : cfg.n_ff]) * gu[..., cfg.n_ff :], layer["down"])
+        cache.len = p0 + t
+        h = rmsnorm(x, w.out_norm, cfg.eps)
+        return matmul(h, w.head)
+
+    def _attend(self, q: np.ndarray, cache: Cache, li: int, end: int) -> np.ndarray:
+        """Causal attention of q (n, t, H, D) at positions end-t..end-1 over the cache."""
+        cfg = self.cfg
+        n, t, H, D = q.shape
+        KV = cfg.n_head_kv
+        G = H // KV
+        qq, sq = _quant(q, 127)
+        # (n, KV, t*G, D): query rows grouped under their kv head
+        qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, t * G, D)
+        sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, t * G, 1)
+        keys = cache.k[li, :, :, :end].astype(np.float32)
+        s = (qq.astype(np.float32) @ keys.transpose(0, 1, 3, 2)).astype(np.float64)
+        s = s * sq * cache.sk[li, :, :, None, :end] * self.inv_sqrt_d
+        pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
+        visible = np.arange(end)[None, :] <= pos[:, None]  # (t*G, end)
+        s = np.where(visible, s, -np.inf)
+        m = s.max(axis=-1, keepdims=True)
+        d = np.rint((m - s) * tables.ATT_STEPS)
+        d = np.minimum(d, len(_EXP) - 1).astype(np.int64)
+        e = _EXP[d]  # masked entries hit the final 0
+        esum = e.sum(axis=-1, keepdims=True)
+        sv = cache.sv[li, :, :, :end]  # (n, KV, end)
+        svmax = np.maximum.accumulate(sv, axis=-1)[:, :, pos][..., None]  # max over visible keys
+        p = np.rint(e * (sv[:, :, None, :] / svmax))
+        vals = cache.v[li, :, :, :end].astype(np.float64)
+        out = (p @ vals) * svmax / esum  # (n, KV, t*G, D)
+        return out.reshape(n, KV, t, G, D).transpose(0, 2, 1, 3, 4).reshape(n, t, H, D)
+
+    # -- the Engine protocol ---------------------------------------------------------------
+
+    def prefill(self, ids: Sequence[int]) -> PortablePrefix:
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            raise ValueError("a prefix needs at least the start token")
+        cache = Cache(self.cfg, 1, len(ids))
+        logits = None
+        for i in range(0, len(ids), CHUNK):
+            logits = self.forward(ids[None, i : i + CHUNK], cache)
+        return PortablePrefix(cache, logits[0, -1], len(ids))
+
+    def score(self, prefix: PortablePrefix, ids: Sequence[int]) -> Iterator[np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        cache = prefix.cache.repeat(1, prefix.n_tokens + len(ids))
+        prev = prefix.logits[None]
+        for i in range(0, len(ids) - 1, CHUNK):
+            out = self.forward(ids[None, i : i + CHUNK][:, : len(ids) - 1 - i], cache)[0]
+            yield np.concatenate([prev, out[:-1]])
+            prev = out[-1:]
+        yield prev
+
+    def stepper(self, prefix: PortablePrefix, n: int) -> "PortableStepper":
+        return PortableStepper(self, prefix, n)
+
+
+class PortableStepper:
+    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int) -> None:
+        self.engine = engine
+        self.cache = prefix.cache.repeat(n, prefix.n_tokens + 64)
+        self._logits = np.repeat(prefix.logits[None], n, axis=0)
+
+    def logits(self) -> np.ndarray:
+        return self._logits
+
+    def feed(self, ids: Sequence[int]) -> None:
+        n = len(ids)
+        if n < self._logits.shape[0]:
+            self.cache = self.cache.take(n)
+        if self.cache.len >= self.cache.k.shape[3]:
+            self.cache.grow(2 * self.cache.k.shape[3])
+        self._logits = self.engine.forward(np.asarray(ids, dtype=np.int64)[:, None], self.cache)[:, 0]

@@ -1,0 +1,115 @@
+"""From logits to integer frequency tables: the one deterministic procedure both engines share.
+
+    L    = rint(float32(logit) * 256)           fixed point, 1/256 nat (exact in float32)
+    d    = max(L) - L                           per row, integers >= 0
+    w    = EXP[min(d, DMAX + 1)]                EXP[d] = round(2^30 * e^(-d/256)), EXP[DMAX+1] = 0
+    f    = 1 + (w * (TOTAL - V)) // sum(w)      every id >= 1
+    f[argmax L] += TOTAL - sum(f)               first maximum; the rows now sum to TOTAL exactly
+
+Symbols past the logits (ids >= V_logits: the byte symbols a vocabulary lacks,
+see ``tokens.Vocab``) have w = 0, so frequency 1; V above counts them.
+
+TOTAL is 2^28.  ``EXP`` is computed with ``decimal`` at 40 digits, so it is the
+same on every machine (its digest is pinned in the tests); nothing here calls a
+float transcendental function.  Rounding logits to 1/256 nat changes a
+probability by at most a factor e^(1/512) and the floor of 1 costs
+V / 2^28 (0.02 % for a 49,152-token vocabulary) of probability mass.
+"""
+
+from __future__ import annotations
+
+import decimal
+import functools
+import hashlib
+
+import numpy as np
+
+SCALE = 256  # fixed-point steps per nat
+EXP_BITS = 30
+TOTAL_BITS = 28
+TOTAL = 1 << TOTAL_BITS
+
+
+@functools.lru_cache(maxsize=None)
+def exp_table() -> np.ndarray:
+    """``round(2^30 * e^(-d/256))`` for d = 0.. while positive, then one 0."""
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
+    one = decimal.Decimal(2**EXP_BITS)
+    step = ctx.exp(ctx.divide(decimal.Decimal(-1), decimal.Decimal(SCALE)))
+    vals, e = [], decimal.Decimal(1)
+    while True:
+        v = int(ctx.multiply(one, e).to_integral_value(rounding=decimal.ROUND_HALF_EVEN))
+        vals.append(v)
+        if v == 0:
+            break
+        e = ctx.multiply(e, step)
+    return np.array(vals, dtype=np.int64)
+
+
+def table_digest() -> str:
+    return hashlib.sha256(exp_table().tobytes()).hexdigest()
+
+
+LIMIT = float(1 << 24)  # |logit| * 256 is clipped here; no real model comes near
+
+
+def fixed_logits(logits: np.ndarray) -> np.ndarray:
+    """Round logits (cast to float32, a correctly rounded step) to 1/256 nat, as int32."""
+    x = np.asarray(logits, dtype=np.float32) * np.float32(SCALE)  # exact: a power of two
+    if not np.isfinite(x).all():
+        x = np.nan_to_num(x, nan=-LIMIT, posinf=LIMIT, neginf=-LIMIT)
+    np.clip(x, -LIMIT, LIMIT, out=x)
+    return np.rint(x).astype(np.int32)
+
+
+def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Integer frequency tables, shape (n, width), each row summing to ``TOTAL``.
+
+    ``width`` (default: the logits' width) may exceed the logits' width; the extra symbols get 1.
+    """
+    L = fixed_logits(np.atleast_2d(logits))
+    n, V = L.shape
+    extra = 0 if width is None else width - V
+    V += extra
+    if V > TOTAL // 2:
+        raise ValueError(f"vocabulary of {V} ids is too large for a total of 2^{TOTAL_BITS}")
+    table = exp_table()
+    top = L.argmax(axis=1)
+    d = (L[np.arange(n), top][:, None] - L).astype(np.int64)
+    np.minimum(d, len(table) - 1, out=d)
+    w = table[d]
+    f = 1 + (w * (TOTAL - V)) // w.sum(axis=1, keepdims=True)
+    if extra:
+        f = np.concatenate([f, np.ones((n, extra), dtype=f.dtype)], axis=1)
+    f[np.arange(n), top] += TOTAL - f.sum(axis=1)
+    return f
+
+
+def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cum, freq) of each row's id: what the encoder needs."""
+    f = frequencies(logits, width)
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = np.arange(len(ids))
+    freq = f[rows, ids]
+    cum = np.cumsum(f, axis=1)[rows, ids] - freq
+    return cum, freq
+
+
+def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Cumulative tables ``[0, f0, f0+f1, ..., TOTAL]``, shape (n, width+1): what the decoder searches."""
+    f = frequencies(logits, width)
+    c = np.zeros((f.shape[0], f.shape[1] + 1), dtype=np.int64)
+    np.cumsum(f, axis=1, out=c[:, 1:])
+    return c
+
+
+def model_bits(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Cross-entropy in bits of ``ids`` under the float softmax of ``logits`` (reporting only)."""
+    x = np.atleast_2d(np.asarray(logits, dtype=np.float64))
+    ids = np.asarray(ids)
+    extra = ids >= x.shape[1]
+    if extra.any():  # a byte symbol missing from the vocabulary has frequency 1: 28 bits
+        return model_bits(x[~extra], ids[~extra]) + TOTAL_BITS * int(extra.sum())
+    m = x.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
+    return float(((lse - x[np.arange(len(ids)), ids]) / np.log(2)).sum())
