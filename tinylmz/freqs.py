@@ -34,7 +34,7 @@ TOTAL = 1 << TOTAL_BITS
 def exp_table() -> np.ndarray:
     """``round(2^30 * e^(-d/256))`` for d = 0.. while positive, then one 0."""
     ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
-    one = decimal.Decimal(2**EXP_BITS)
+    one = decimal.Decimal(1 << EXP_BITS)
     step = ctx.exp(ctx.divide(decimal.Decimal(-1), decimal.Decimal(SCALE)))
     vals, e = [], decimal.Decimal(1)
     while True:

@@ -1,0 +1,57 @@
+"""Logits → integer frequencies: fixed total, every id >= 1, deterministic tables."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tinylmz import freqs
+
+# Pinned: changing the table changes every .tlmz file (a format change).
+EXP_TABLE_SHA256 = "b2986656289d675a"
+
+
+def test_exp_table_is_pinned():
+    assert freqs.table_digest().startswith(EXP_TABLE_SHA256)
+    t = freqs.exp_table()
+    assert t[0] == 1 << 30 and t[-1] == 0 and (np.diff(t) <= 0).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 300)),
+                  elements=st.floats(-1e4, 1e4, width=32) | st.sampled_from([np.inf, -np.inf, np.nan])))
+def test_rows_sum_to_total_and_every_id_is_codable(logits):
+    f = freqs.frequencies(logits)
+    assert (f.sum(axis=1) == freqs.TOTAL).all()
+    assert (f >= 1).all()
+
+
+def test_extra_symbols_get_one():
+    f = freqs.frequencies(np.zeros((2, 5), np.float32), width=8)
+    assert f.shape == (2, 8) and (f[:, 5:] == 1).all() and (f.sum(1) == freqs.TOTAL).all()
+
+
+def test_close_to_softmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (64, 49152)).astype(np.float32)
+    p = np.exp(logits.astype(np.float64) - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ids = np.array([rng.choice(49152, p=row) for row in p])  # ids the model expects
+    cum, freq = freqs.symbols(logits, ids)
+    coded = -np.log2(freq / freqs.TOTAL).sum()
+    ideal = freqs.model_bits(logits, ids)
+    assert abs(coded - ideal) < 0.002 * ideal + 0.05
+
+
+def test_symbols_matches_cumulative():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (6, 700)).astype(np.float32)
+    ids = rng.integers(0, 700, 6)
+    cum, freq = freqs.symbols(logits, ids)
+    c = freqs.cumulative(logits)
+    assert (c[np.arange(6), ids] == cum).all() and (c[np.arange(6), ids + 1] - cum == freq).all()
+
+
+def test_float64_and_float32_logits_agree():
+    x = np.random.default_rng(2).normal(0, 3, (3, 100))
+    assert np.array_equal(freqs.frequencies(x), freqs.frequencies(x.astype(np.float32)))

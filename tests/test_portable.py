@@ -1,0 +1,177 @@
+"""The portable engine: identical results however it is asked, wherever it runs."""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinylmz import engine_portable, registry
+from tinylmz.engine_portable import PortableEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ("Alice was beginning to get very tired of sitting by her sister on the bank, "
+        "and of having nothing to do: once or twice she had peeped into the book. ").encode() * 2
+
+
+def _engine(path, native=None):
+    m = registry.resolve(str(path))
+    return PortableEngine(m.path, m.sha256, native=native)
+
+
+def _ids(n, seed=0, vocab=400):
+    return np.random.default_rng(seed).integers(1, vocab, n)
+
+
+def test_batched_equals_incremental(tiny_model, monkeypatch):
+    eng = _engine(tiny_model)
+    pre = eng.prefill([0, 5, 9])
+    ids = _ids(40)
+    whole = np.concatenate(list(eng.score(pre, ids)))
+    monkeypatch.setattr(engine_portable, "CHUNK", 7)  # other chunking, same numbers
+    chunked = np.concatenate(list(eng.score(pre, ids)))
+    st = eng.stepper(pre, 3)  # three streams in lockstep, the first is ours
+    other = _ids(40, seed=1)
+    steps = []
+    for i in range(40):
+        steps.append(st.logits()[0].copy())
+        st.feed([ids[i], other[i], other[-i]] if i < 20 else [ids[i], other[i]])
+    assert np.array_equal(whole, chunked)
+    assert np.array_equal(whole, np.array(steps))
+
+
+def test_prefix_then_tokens_equals_longer_prefix(tiny_model):
+    eng = _engine(tiny_model)
+    a = np.concatenate(list(eng.score(eng.prefill([0]), [7, 8, 9, 10])))
+    b = np.concatenate(list(eng.score(eng.prefill([0, 7, 8]), [9, 10])))
+    assert np.array_equal(a[2:], b)
+
+
+def test_native_kernel_equals_numpy(tiny_model):
+    from tinylmz import kernel
+
+    if kernel.load() is None:
+        pytest.fail("the native kernel did not build here; a C compiler is a documented requirement")
+    ids = _ids(60)
+    a, b = _engine(tiny_model, native=True), _engine(tiny_model, native=False)
+    la = np.concatenate(list(a.score(a.prefill([0]), ids)))
+    lb = np.concatenate(list(b.score(b.prefill([0]), ids)))
+    assert np.array_equal(la, lb)
+
+
+def test_native_kernel_is_exact_at_the_extremes():
+    from tinylmz import kernel
+
+    x = np.full((5, 1536), -32767, np.int16)
+    w = np.full((9, 1536), 127, np.int8)
+    assert (kernel.qgemm(x, w) == -32767 * 127 * 1536).all()
+
+
+FORBIDDEN = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh", "sinh", "cosh", "sin", "cos",
+             "tan", "arctan", "power", "float_power", "sigmoid", "erf", "pow", "sqrt_approx"}
+
+
+@pytest.mark.parametrize("module", ["engine_portable.py", "weights.py", "kernel.py", "freqs.py"])
+def test_no_transcendental_calls_in_inference_code(module):
+    tree = ast.parse((ROOT / "tinylmz" / module).read_text())
+    report_only = {"model_bits"}  # freqs.model_bits measures cross-entropy for -v; it never feeds the coder
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and fn.name in report_only:
+            fn.body = []
+    bad = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in FORBIDDEN
+                and isinstance(node.value, ast.Name) and node.value.id in {"np", "numpy", "math", "cmath", "scipy"}):
+            bad.append(f"{module}:{node.lineno} .{node.attr}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            bad.append(f"{module}:{node.lineno} **")
+    assert not bad, bad
+
+
+def test_forward_pass_runs_with_transcendentals_removed(tiny_model, monkeypatch):
+    eng = _engine(tiny_model)
+    pre = eng.prefill([0])
+    want = np.concatenate(list(eng.score(pre, _ids(20))))
+
+    def boom(*a, **k):
+        raise AssertionError("transcendental function called at inference time")
+
+    for name in ["exp", "exp2", "expm1", "log", "log2", "log1p", "tanh", "sin", "cos", "power"]:
+        monkeypatch.setattr(np, name, boom)
+        monkeypatch.setattr(math, name if hasattr(math, name) else "exp", boom)
+    got = np.concatenate(list(eng.score(eng.prefill([0]), _ids(20))))
+    assert np.array_equal(want, got)
+
+
+# -- the same bytes under every BLAS / SIMD / thread setting -----------------------------------
+
+ENVS = [
+    {},
+    {"OPENBLAS_NUM_THREADS": "1", "TINYLMZ_THREADS": "1"},
+    {"OPENBLAS_NUM_THREADS": "2", "TINYLMZ_THREADS": "3"},
+    {"OPENBLAS_CORETYPE": "Haswell"},
+    {"OPENBLAS_CORETYPE": "Sandybridge", "TINYLMZ_NATIVE": "0"},
+    {"OPENBLAS_CORETYPE": "Prescott", "TINYLMZ_NATIVE": "0"},
+    {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4", "TINYLMZ_NATIVE": "0"},
+    {"NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4", "OPENBLAS_CORETYPE": "Prescott"},
+]
+
+CHILD = r"""
+import hashlib, sys, numpy as np, tinylmz
+from tinylmz import registry
+from tinylmz.engine_portable import PortableEngine
+model, data_path, ref_path = sys.argv[1], sys.argv[2], sys.argv[3]
+data = open(data_path, 'rb').read()
+blob = tinylmz.compress(data, model=model, segment_tokens=48, block_size=300)
+m = registry.resolve(model)
+eng = PortableEngine(m.path, m.sha256)
+logits = np.concatenate(list(eng.score(eng.prefill([0]), list(range(3, 60)))))
+if ref_path != '-':
+    assert tinylmz.decompress(open(ref_path, 'rb').read(), model=model) == data
+print(hashlib.sha256(blob).hexdigest(), hashlib.sha256(logits.tobytes()).hexdigest())
+sys.stdout.flush()
+open(data_path + '.out', 'wb').write(blob)
+"""
+
+
+def _child(env_extra, model, data_path, ref="-"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS_", "NPY_", "TINYLMZ_NATIVE", "TINYLMZ_THREADS"))}
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", CHILD, str(model), str(data_path), str(ref)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (env_extra, r.stderr[-2000:])
+    return r.stdout.split()[-2:]
+
+
+def _across_envs(model, tmp_path, data, envs):
+    src = tmp_path / "data.bin"
+    src.write_bytes(data)
+    ref_hashes = _child(envs[0], model, src)
+    ref = tmp_path / "ref.tlmz"
+    ref.write_bytes((tmp_path / "data.bin.out").read_bytes())
+    for env in envs[1:]:
+        assert _child(env, model, src, ref) == ref_hashes, env  # same bytes, and it decodes the reference
+
+
+def test_identical_bytes_across_blas_simd_and_threads(tiny_model, tmp_path):
+    _across_envs(tiny_model, tmp_path, TEXT + b"\xff\xfe\x00 caf\xc3\xa9", ENVS)
+
+
+@pytest.mark.integration
+def test_identical_bytes_across_settings_real_model(default_model_path, tmp_path):
+    _across_envs(default_model_path, tmp_path, TEXT[:200], [ENVS[0], ENVS[2], ENVS[6]])
+
+
+def test_digest_script_is_stable(tiny_model):
+    r = [subprocess.run([sys.executable, str(ROOT / "scripts" / "logits_digest.py"), "--model", str(tiny_model)],
+                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+         for _ in range(2)]
+    assert r[0].returncode == 0, r[0].stderr
+    assert r[0].stdout == r[1].stdout and len(r[0].stdout.split()[0]) == 64
