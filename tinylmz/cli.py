@@ -36,6 +36,8 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itse
     from typer._click import exceptions as _cx
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx
+_EXITS = tuple({typer.Exit, getattr(_cx, "Exit", typer.Exit)})
+_ABORTS = tuple({typer.Abort, getattr(_cx, "Abort", typer.Abort)})
 
 from . import __version__, safeio
 from .errors import FormatError, TinylmzError
@@ -102,7 +104,7 @@ def _guard(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, _cx.Exit, _cx.ClickException, _cx.Abort):
+        except (*_EXITS, *_ABORTS, _cx.ClickException):
             raise
         except _Fail as e:
             _err(str(e))
@@ -157,11 +159,11 @@ def _parse_size(text: str) -> int:
     try:
         n = int(t) * mult
     except ValueError:
-        raise typer.BadParameter(f"not a size: {text!r} (examples: 65536, 64K, 1M)") from None
+        raise typer.BadParameter(f"not a size: {text!r} (examples: 65536, 64K, 1M)", param_hint="--block-size") from None
     from .container import MAX_BLOCK
 
     if not 0 < n <= MAX_BLOCK:
-        raise typer.BadParameter(f"must be between 1 and {MAX_BLOCK} bytes (16M)")
+        raise typer.BadParameter(f"must be between 1 and {MAX_BLOCK} bytes (16M)", param_hint="--block-size")
     return n
 
 
@@ -701,16 +703,13 @@ def model_list(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(box=None, pad_edge=False)
-    for col in ("name", "source", "size", "installed", "description"):
-        t.add_column(col)
+    table = [("NAME", "SOURCE", "SIZE", "INSTALLED", "DESCRIPTION")]
     for r in rows:
-        t.add_row(r["name"] + (" *" if r["default"] else ""), r["source"], _human(r["size"]),
-                  "yes" if r["installed"] else "no", r["description"])
-    Console(soft_wrap=True).print(t)
+        table.append((r["name"] + (" (default)" if r["default"] else ""), r["source"], _human(r["size"]),
+                      "yes" if r["installed"] else "no", r["description"]))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
 
 
 @model_app.command("path")
@@ -753,9 +752,10 @@ def model_verify(
 # ---------------------------------------------------------------------------------------
 
 
-def run(argv: Optional[List[str]] = None) -> int:
+def run(argv: Optional[List[str]] = None, *, install_signals: bool = True) -> int:
     """Run the command line; returns the exit status (never raises for expected errors)."""
-    safeio.install_signal_handlers()
+    if install_signals:
+        safeio.install_signal_handlers()
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="tinylmz", standalone_mode=False)
@@ -771,7 +771,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     except _cx.ClickException as e:
         _err(e.format_message())
         return e.exit_code
-    except (_cx.Abort, typer.Abort):
+    except _ABORTS:
         _err("interrupted")
         return 130
     except KeyboardInterrupt:

@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""Write the golden .tlmz files in tests/golden/ (portable engine).
+
+    python scripts/make_golden.py [--real]
+
+Run only for a deliberate format or engine change: the tests compare new
+output against these bytes, so regenerating them *is* the format change and
+the commit must say so.  ``--real`` also writes the default model's goldens.
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import tinylmz  # noqa: E402
+from tinymodel import write_tiny_gguf  # noqa: E402
+
+GOLDEN = ROOT / "tests" / "golden"
+# name -> (block_size, segment_tokens) for the tiny model; the real model uses its defaults
+CASES = {"prose.txt": (256, 48), "code.py": (4096, 64), "broken.bin": (4096, 1024)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--real", action="store_true", help="also write goldens for the default model")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = write_tiny_gguf(Path(tmp) / "tiny.gguf")
+        for name, (bs, seg) in CASES.items():
+            data = (GOLDEN / name).read_bytes()
+            blob = tinylmz.compress(data, model=str(tiny), block_size=bs, segment_tokens=seg)
+            (GOLDEN / f"{name}.tiny.tlmz").write_bytes(blob)
+            print(f"{name}.tiny.tlmz", len(data), "->", len(blob))
+    if args.real:
+        for name in CASES:
+            data = (GOLDEN / name).read_bytes()
+            blob = tinylmz.compress(data)
+            (GOLDEN / f"{name}.smollm2.tlmz").write_bytes(blob)
+            print(f"{name}.smollm2.tlmz", len(data), "->", len(blob))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+def fizzbuzz(n: int) -> list[str]:
+    """Return the FizzBuzz sequence from 1 to n."""
+    out = []
+    for i in range(1, n + 1):
+        if i % 15 == 0:
+            out.append("FizzBuzz")
+        elif i % 3 == 0:
+            out.append("Fizz")
+        elif i % 5 == 0:
+            out.append("Buzz")
+        else:
+            out.append(str(i))
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(fizzbuzz(30)))
