@@ -337,8 +337,12 @@ def compress_cmd(
         "(stderr)."))] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP)] = False,
 ) -> None:
-    """Compress FILE to FILE.tlmz (or standard input to standard output)."""
-    from . import api, container
+    """Compress FILE to FILE.tlmz (or standard input to standard output).
+
+    The output is written to a temporary file next to it and renamed into place only when
+    complete; an existing file is never replaced without -f, and the input is kept unless --rm.
+    """
+    from . import container
 
     bs = _parse_size(block_size)
     if rm and keep:
@@ -498,7 +502,12 @@ def decompress_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print sizes and speed (stderr).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=_QUIET_HELP)] = False,
 ) -> None:
-    """Decompress FILE.tlmz to FILE (or standard input to standard output)."""
+    """Decompress FILE.tlmz to FILE (or standard input to standard output).
+
+    Every block and the whole file are checked against their checksums; the output file appears
+    only when all of it decoded correctly.  To standard output, data is streamed block by block
+    and a damaged block stops the stream with exit status 1.
+    """
     from .api import iter_decompress
 
     if rm and keep:
@@ -536,7 +545,8 @@ def decompress_cmd(
         with _ProgressBar(show, total, "decompressing") as bar:
             blocks = iter_decompress(src, model=model, context=ctx, force=force_engine, progress=bar.callback)
             if target is not None:
-                with safeio.AtomicOutput(target, overwrite=force, copy_stat_from=file) as out:
+                with safeio.AtomicOutput(target, overwrite=force,
+                                         copy_stat_from=None if from_stdin else file) as out:
                     for raw in blocks:
                         out.write(raw)
                         n += len(raw)

@@ -126,7 +126,7 @@ class Session:
         return [ids[i : i + s] for i in range(0, len(ids), s)]
 
     def encode_tokens(self, ids: np.ndarray, measure: bool = False, progress=None) -> tuple[bytes, float]:
-        """Model-coded payload for a token sequence: stream count, (tokens, bytes) per stream, streams."""
+        """Model-coded payload: stream count, last stream's tokens, bytes of each stream but the last, streams."""
         segs = self.segments(ids)
         bits = 0.0
         streams = []
@@ -145,9 +145,11 @@ class Session:
                 streams.append(enc.finish())
         else:
             streams, bits = self._lockstep(segs, measure, progress)
-        out = bytearray(varint(len(segs)))
-        for seg, data in zip(segs, streams):
-            out += varint(len(seg)) + varint(len(data))
+        # Every stream but the last has segment_tokens tokens, and the last one's bytes run
+        # to the end of the payload, so the table holds only what cannot be inferred.
+        out = bytearray(varint(len(segs)) + varint(len(segs[-1])))
+        for data in streams[:-1]:
+            out += varint(len(data))
         for data in streams:
             out += data
         return bytes(out), bits
@@ -182,19 +184,19 @@ class Session:
         """Inverse of ``encode_tokens`` followed by the piece table."""
         try:
             n, pos = read_varint(payload, 0)
-            if n > raw_len + 1:
-                raise FormatError("stream count exceeds the block size")
+            last, pos = read_varint(payload, pos)
+            if not 0 < n <= raw_len or not 0 < last <= self.segment_tokens:
+                raise FormatError("stream table is damaged")
             lens = []
-            for _ in range(n):
-                t, pos = read_varint(payload, pos)
+            for _ in range(n - 1):
                 b, pos = read_varint(payload, pos)
-                lens.append((t, b))
-            if sum(t for t, _ in lens) > raw_len or pos + sum(b for _, b in lens) != len(payload):
+                lens.append((self.segment_tokens, b))
+            rest = len(payload) - pos - sum(b for _, b in lens)
+            if rest < 0 or self.segment_tokens * (n - 1) + last > raw_len:
                 raise FormatError("stream table does not match the payload")
+            lens.append((last, rest))
             if progress:
                 progress = _per_token(progress, raw_len, sum(t for t, _ in lens))
-            if any(lens[i][0] < lens[i + 1][0] for i in range(n - 1)):
-                raise FormatError("streams out of order")
             datas = []
             for _, b in lens:
                 datas.append(payload[pos : pos + b])

@@ -14,7 +14,8 @@ another process is safe.
 (SIGINT already raises KeyboardInterrupt), so the same cleanup runs for every
 way a user stops the program.  ``critical()`` defers those signals around the
 few steps that must not be cut in half (creating/removing the temporary file,
-the commit and removal of the input).
+the commit and the removal of the input): a signal that arrives there takes
+effect right after the step, never in the middle of it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 TEMP_PREFIX = ".tinylmz-"
@@ -66,19 +68,41 @@ def install_signal_handlers() -> None:
 
 @contextlib.contextmanager
 def critical():
-    """Defer SIGINT/SIGTERM/SIGHUP while the body runs; they are delivered right after it."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """Defer SIGINT/SIGTERM/SIGHUP while the body runs; the first one is acted on right after it.
+
+    Done with Python-level handlers, not ``pthread_sigmask``: numpy/OpenBLAS and llama.cpp
+    start threads, and the kernel may deliver a process signal to any of them, but Python
+    always runs its handlers in the main thread.  Outside the main thread this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    except (ValueError, OSError):
-        yield
-        return
+    pending: list[int] = []
+
+    def defer(signum, frame):  # noqa: ARG001
+        pending.append(signum)
+
+    saved = {}
+    for sig in _SIGNALS:
+        try:
+            handler = signal.getsignal(sig)
+            if handler in (signal.SIG_IGN, None):
+                continue  # ignored stays ignored; None: installed outside Python, leave it
+            saved[sig] = signal.signal(sig, defer)
+        except (ValueError, OSError):
+            pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pending:
+            sig = pending[0]
+            handler = saved.get(sig)
+            if callable(handler):
+                handler(sig, None)  # KeyboardInterrupt / Interrupted / an outer critical()'s defer
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,465 @@
+"""The ``tinylmz`` command line: round trips, stdin/stdout, safety flags, info/test, exit codes.
+
+Most commands run in-process through ``cli.run`` (fast: the tiny model is loaded once);
+the ones that need a real process (shell pipelines, exit codes as seen by a shell,
+tracebacks) run ``python -m tinylmz.cli``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shlex
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tinylmz import cli, container
+from tinymodel import TRAINING_TEXT, write_tiny_gguf
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = TRAINING_TEXT.encode()[:700]
+
+
+@dataclass
+class Result:
+    code: int
+    out: bytes
+    err: str
+
+
+def tlmz(*args, stdin: bytes = b"") -> Result:
+    """Run the CLI in-process with the given stdin; capture stdout (bytes) and stderr (text)."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    # stderr is a real file (with a descriptor), like a process's: code that silences fd 2
+    # around llama.cpp calls then silences llama-cpp-python's logger here too.
+    err = tempfile.TemporaryFile("w+", encoding="utf-8")
+    inp = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = inp, out, err
+    try:
+        code = cli.run([str(a) for a in args], install_signals=False)
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+        out.flush()
+        err.flush()
+    err.seek(0)
+    text = err.read()
+    err.close()
+    return Result(code, out.buffer.getvalue(), text)
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def proc(*args, stdin: bytes = b"", cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinylmz.cli", *map(str, args)], input=stdin,
+                          capture_output=True, env=env(), cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(r, code: int = 1) -> None:
+    err = r.err if isinstance(r, Result) else r.stderr.decode()
+    rc = r.code if isinstance(r, Result) else r.returncode
+    assert rc == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinylmz: error: "), err
+
+
+def no_temp_files(d: Path) -> bool:
+    return not [p for p in d.iterdir() if p.name.startswith(".tinylmz-")]
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("other") / "other.gguf", seed=1)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, tiny_model) -> tuple[bytes, bytes]:
+    """(original, .tlmz bytes) with several blocks (model-coded and stored)."""
+    raw = TEXT[:400] + random.Random(3).randbytes(200) + TEXT[400:]
+    d = tmp_path_factory.mktemp("good")
+    (d / "x").write_bytes(raw)
+    r = tlmz("compress", "-m", tiny_model, "-B", "256", d / "x")
+    assert r.code == 0, r.err
+    return raw, (d / "x.tlmz").read_bytes()
+
+
+# --- round trips --------------------------------------------------------------------------
+
+CASES = {
+    "text": TEXT,
+    "invalid-utf8": TEXT[:200] + b"\xff\xfe\xc3(\x80" + TEXT[200:300] + b"\xe2\x82" + TEXT[300:400],
+    "binary": random.Random(0).randbytes(20000),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip_files(tmp_path, tiny_model, name):
+    raw = CASES[name]
+    src = tmp_path / "data.bin"
+    src.write_bytes(raw)
+    r = tlmz("compress", "-m", tiny_model, src)
+    assert r.code == 0, r.err
+    assert src.read_bytes() == raw  # input kept by default
+    packed = tmp_path / "data.bin.tlmz"
+    assert len(packed.read_bytes()) <= len(raw) + 256
+    src.unlink()
+    r = tlmz("decompress", "-m", tiny_model, packed)
+    assert r.code == 0, r.err
+    assert src.read_bytes() == raw
+    assert packed.exists()
+    assert no_temp_files(tmp_path)
+
+
+def test_round_trip_stdin_stdout_in_process(tiny_model):
+    r = tlmz("compress", "-m", tiny_model, stdin=CASES["invalid-utf8"])
+    assert r.code == 0, r.err
+    back = tlmz("decompress", "-m", tiny_model, "-", stdin=r.out)
+    assert back.code == 0, back.err
+    assert back.out == CASES["invalid-utf8"]
+
+
+def test_shell_pipeline(tmp_path, tiny_model):
+    src = tmp_path / "in.txt"
+    src.write_bytes(CASES["invalid-utf8"])
+    py = shlex.quote(sys.executable)
+    m = shlex.quote(str(tiny_model))
+    cmd = (f"cat {shlex.quote(str(src))} | {py} -m tinylmz.cli compress -m {m} "
+           f"| {py} -m tinylmz.cli decompress -m {m} > {shlex.quote(str(tmp_path / 'out.txt'))}")
+    r = subprocess.run(["sh", "-c", cmd], env=env(), capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").read_bytes() == src.read_bytes()
+    assert "Traceback" not in r.stderr.decode()
+
+
+def test_stdout_flag_keeps_input_and_writes_no_file(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    r = tlmz("compress", "-m", tiny_model, "-c", src)
+    assert r.code == 0, r.err
+    assert r.out.startswith(container.MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    (tmp_path / "p.tlmz").write_bytes(r.out)
+    d = tlmz("decompress", "-m", tiny_model, "-c", tmp_path / "p.tlmz")
+    assert d.code == 0 and d.out == TEXT
+    assert not (tmp_path / "p").exists()
+
+
+def test_output_option(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    assert tlmz("compress", "-m", tiny_model, "-o", tmp_path / "z.bin", src).code == 0
+    assert (tmp_path / "z.bin").read_bytes().startswith(container.MAGIC)
+    # a file without the .tlmz suffix needs -o
+    r = tlmz("decompress", "-m", tiny_model, tmp_path / "z.bin")
+    assert_one_line_error(r, 2)
+    assert tlmz("decompress", "-m", tiny_model, "-o", tmp_path / "back.txt", tmp_path / "z.bin").code == 0
+    assert (tmp_path / "back.txt").read_bytes() == TEXT
+
+
+def test_force_needed_to_overwrite(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    out = tmp_path / "a.txt.tlmz"
+    out.write_bytes(b"precious")
+    r = tlmz("compress", "-m", tiny_model, src)
+    assert_one_line_error(r)
+    assert "exists" in r.err
+    assert out.read_bytes() == b"precious" and src.read_bytes() == TEXT
+    assert no_temp_files(tmp_path)
+    assert tlmz("compress", "-m", tiny_model, "-f", src).code == 0
+    assert out.read_bytes().startswith(container.MAGIC)
+    # decompress: same rule
+    r = tlmz("decompress", "-m", tiny_model, out)
+    assert_one_line_error(r)
+    assert src.read_bytes() == TEXT
+    src.write_bytes(b"other")
+    assert tlmz("decompress", "-m", tiny_model, "-f", out).code == 0
+    assert src.read_bytes() == TEXT
+
+
+def test_rm_removes_input_only_on_success(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    r = tlmz("compress", "-m", tiny_model, "--rm", src)
+    assert r.code == 0, r.err
+    assert not src.exists()
+    packed = tmp_path / "a.txt.tlmz"
+    r = tlmz("decompress", "-m", tiny_model, "--rm", packed)
+    assert r.code == 0, r.err
+    assert src.read_bytes() == TEXT and not packed.exists()
+
+    # failures keep the input: output exists (no -f) ...
+    (tmp_path / "a.txt.tlmz").write_bytes(b"keep me")
+    assert_one_line_error(tlmz("compress", "-m", tiny_model, "--rm", src))
+    assert src.read_bytes() == TEXT and (tmp_path / "a.txt.tlmz").read_bytes() == b"keep me"
+    # ... a damaged file on decompress ...
+    good = tlmz("compress", "-m", tiny_model, "-c", src).out
+    bad = bytearray(good)
+    bad[-30] ^= 0x10
+    (tmp_path / "b.tlmz").write_bytes(bytes(bad))
+    assert_one_line_error(tlmz("decompress", "-m", tiny_model, "--rm", tmp_path / "b.tlmz"))
+    assert (tmp_path / "b.tlmz").read_bytes() == bytes(bad) and not (tmp_path / "b").exists()
+    assert no_temp_files(tmp_path)
+
+
+def test_rm_with_stdout_is_usage_error(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    assert_one_line_error(tlmz("compress", "-m", tiny_model, "--rm", "-c", src), 2)
+    assert src.read_bytes() == TEXT
+
+
+def test_verify_flag(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    r = tlmz("compress", "-m", tiny_model, "--verify", "-v", src)
+    assert r.code == 0, r.err
+    assert "verified" in r.err
+    r = tlmz("compress", "-m", tiny_model, "--verify", "-c", src)  # verify through a temp file
+    assert r.code == 0 and r.out == (tmp_path / "a.txt.tlmz").read_bytes()
+
+
+def test_verbose_reports(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    r = tlmz("compress", "-m", tiny_model, "-v", src)
+    assert r.code == 0, r.err
+    for word in ("tiny.gguf", "portable", "bits/byte", "cross-entropy", "overhead"):
+        assert word in r.err
+    r = tlmz("compress", "-m", tiny_model, "-q", "-c", src)
+    assert r.err == ""
+
+
+def test_block_size_option(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    assert tlmz("compress", "-m", tiny_model, "-B", "100", src).code == 0
+    info = json.loads(tlmz("info", "--json", tmp_path / "a.txt.tlmz").out)
+    assert info["block_size"] == 100 and info["blocks"]["count"] == 7
+    assert tlmz("decompress", "-m", tiny_model, "-c", tmp_path / "a.txt.tlmz").out == TEXT
+    assert_one_line_error(tlmz("compress", "-B", "0", src), 2)
+    assert_one_line_error(tlmz("compress", "-B", "banana", src), 2)
+    assert_one_line_error(tlmz("compress", "-B", "17M", src), 2)
+
+
+# --- info and test --------------------------------------------------------------------------
+
+
+def test_info_json(tmp_path, tiny_model, good):
+    raw, data = good
+    f = tmp_path / "g.tlmz"
+    f.write_bytes(data)
+    r = tlmz("info", "--json", f)
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["model"]["name"] == "tiny.gguf" and len(d["model"]["sha256"]) == 64
+    assert d["engine"]["name"] == "portable"
+    assert d["block_size"] == 256 and d["segment_tokens"] == 1024
+    assert d["original_size"] == len(raw) and d["compressed_size"] == len(data)
+    assert d["original_crc32"] == f"{zlib.crc32(raw):08x}"
+    assert d["bits_per_byte"] == pytest.approx(8 * len(data) / len(raw))
+    assert d["blocks"]["count"] == sum(d["blocks"]["methods"].values()) >= -(-len(raw) // 256)
+    assert d["blocks"]["methods"]["model"] >= 1
+    assert d["format_version"] == container.VERSION and d["context"] is None
+    text = tlmz("info", f)
+    assert text.code == 0 and b"bits per byte" in text.out and b"tiny.gguf" in text.out
+
+
+def test_info_does_not_need_the_model(tmp_path, good):
+    f = tmp_path / "g.tlmz"
+    f.write_bytes(good[1])
+    r = proc("info", "--json", f)  # fresh process: no model was ever loaded, none given
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["original_size"] == len(good[0])
+
+
+def test_test_command(tmp_path, tiny_model, good):
+    f = tmp_path / "g.tlmz"
+    f.write_bytes(good[1])
+    r = tlmz("test", "-m", tiny_model, f)
+    assert r.code == 0, r.err
+    assert b"OK" in r.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.tlmz"]
+    bad = bytearray(good[1])
+    bad[len(bad) // 2] ^= 1
+    f.write_bytes(bytes(bad))
+    assert_one_line_error(tlmz("test", "-m", tiny_model, f))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.tlmz"]
+
+
+# --- damage and exit codes -----------------------------------------------------------------
+
+
+def _hlen(data: bytes) -> int:
+    return struct.unpack("<H", data[5:7])[0]
+
+
+def _newer_version(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[4] = container.VERSION + 1
+    h = _hlen(data)
+    b[7 + h : 11 + h] = struct.pack("<I", zlib.crc32(bytes(b[: 7 + h])))
+    return bytes(b)
+
+
+def _flip(pos_fn):
+    def f(data: bytes) -> bytes:
+        b = bytearray(data)
+        b[pos_fn(data)] ^= 0x04
+        return bytes(b)
+
+    return f
+
+
+DAMAGE = {
+    "not-tlmz": (lambda d: b"hello, this is plain text\n" * 3, "not a .tlmz"),
+    "empty": (lambda d: b"", "empty"),
+    "truncated-header": (lambda d: d[:20], "truncated"),
+    "truncated-body": (lambda d: d[: len(d) // 2], ""),
+    "truncated-trailer": (lambda d: d[:-5], "truncated"),
+    "flip-header": (_flip(lambda d: 12), "header"),
+    "flip-block-header": (_flip(lambda d: 11 + _hlen(d) + 3), "block 0"),
+    "flip-payload": (_flip(lambda d: 11 + _hlen(d) + 21 + 5), "block 0"),
+    "flip-trailer": (_flip(lambda d: len(d) - 10), "trailer"),
+    "newer-version": (_newer_version, "version"),
+    "trailing-garbage": (lambda d: d + b"\0", "after the end"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+@pytest.mark.parametrize("command", ["decompress", "test"])
+def test_damaged_files_fail_cleanly(tmp_path, tiny_model, good, case, command):
+    mutate, words = DAMAGE[case]
+    bad = mutate(good[1])
+    f = tmp_path / "bad.tlmz"
+    f.write_bytes(bad)
+    r = tlmz(command, "-m", tiny_model, f)
+    assert_one_line_error(r)
+    assert words.lower() in r.err.lower()
+    assert f.read_bytes() == bad  # the input survives byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tlmz"]  # no output, no temp file
+
+
+@pytest.mark.parametrize("case", ["flip-header", "truncated-trailer", "newer-version", "not-tlmz"])
+def test_info_on_damaged_files(tmp_path, good, case):
+    f = tmp_path / "bad.tlmz"
+    f.write_bytes(DAMAGE[case][0](good[1]))
+    assert_one_line_error(tlmz("info", f))
+
+
+def test_newer_version_names_the_version(tmp_path, good, tiny_model):
+    f = tmp_path / "v.tlmz"
+    f.write_bytes(_newer_version(good[1]))
+    r = tlmz("decompress", "-m", tiny_model, f)
+    assert_one_line_error(r)
+    assert f"version {container.VERSION + 1}" in r.err and "upgrade" in r.err
+
+
+def test_missing_input(tmp_path, tiny_model):
+    for cmd in ("compress", "decompress", "test", "info"):
+        r = tlmz(cmd, "-m", tiny_model, tmp_path / "nope.tlmz") if cmd != "info" else tlmz(cmd, tmp_path / "nope.tlmz")
+        assert_one_line_error(r)
+        assert "nope.tlmz" in r.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_model(tmp_path, good, other_model):
+    f = tmp_path / "g.tlmz"
+    f.write_bytes(good[1])
+    r = tlmz("decompress", "-m", other_model, f)
+    assert_one_line_error(r)
+    assert "tiny.gguf" in r.err and "different model" in r.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.tlmz"]
+    r = tlmz("decompress", "-m", tmp_path / "missing.gguf", f)
+    assert_one_line_error(r)
+
+
+def test_context(tmp_path, tiny_model):
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT[300:])
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_bytes(TEXT[:300])
+    assert tlmz("compress", "-m", tiny_model, "--context", ctx, src).code == 0
+    packed = tmp_path / "a.txt.tlmz"
+    src.unlink()
+    # missing context
+    r = tlmz("decompress", "-m", tiny_model, packed)
+    assert_one_line_error(r)
+    assert "--context" in r.err
+    # wrong context
+    (tmp_path / "wrong.txt").write_bytes(TEXT[:299])
+    assert_one_line_error(tlmz("decompress", "-m", tiny_model, "--context", tmp_path / "wrong.txt", packed))
+    # context file that does not exist
+    assert_one_line_error(tlmz("decompress", "-m", tiny_model, "--context", tmp_path / "nope", packed))
+    assert not src.exists() and no_temp_files(tmp_path)
+    assert tlmz("decompress", "-m", tiny_model, "--context", ctx, packed).code == 0
+    assert src.read_bytes() == TEXT[300:]
+    # a context given for a file made without one
+    plain = tlmz("compress", "-m", tiny_model, "-c", src).out
+    (tmp_path / "plain.tlmz").write_bytes(plain)
+    assert_one_line_error(tlmz("decompress", "-m", tiny_model, "--context", ctx, "-c", tmp_path / "plain.tlmz"))
+
+
+@pytest.mark.parametrize("args", [
+    ["compress", "--no-such-option"],
+    ["compress", "--engine", "gpu"],
+    ["compress", "--segment-tokens", "0"],
+    ["frobnicate"],
+    ["compress", "--rm", "--keep", "x"],
+])
+def test_usage_errors_exit_2(args):
+    assert_one_line_error(tlmz(*args), 2)
+
+
+def test_real_process_exit_codes_and_no_traceback(tmp_path, tiny_model, good):
+    (tmp_path / "bad.tlmz").write_bytes(good[1][:-3])
+    r = proc("decompress", "-m", tiny_model, tmp_path / "bad.tlmz")
+    assert_one_line_error(r, 1)
+    r = proc("compress", tmp_path / "missing")
+    assert_one_line_error(r, 1)
+    r = proc("compress", "--bogus")
+    assert_one_line_error(r, 2)
+    r = proc("--version")
+    assert r.returncode == 0 and r.stdout.decode().startswith("tinylmz ")
+    r = proc("--help")
+    assert r.returncode == 0
+    for word in (b"compress", b"decompress", b"info", b"test", b"model"):
+        assert word in r.stdout
+    r = proc("compress", "--help")
+    for word in (b"--rm", b"--verify", b"--force", b"--stdout", b"--block-size", b"doubles"):
+        assert word in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tlmz"]
+
+
+def test_refuses_terminal_output_and_suffix(tmp_path, tiny_model):
+    src = tmp_path / "x.tlmz"
+    src.write_bytes(TEXT)
+    r = tlmz("compress", "-m", tiny_model, src)  # already has the suffix
+    assert_one_line_error(r)
+    assert not (tmp_path / "x.tlmz.tlmz").exists()
+
+
+def test_model_commands(tiny_model):
+    r = tlmz("model", "list")
+    assert r.code == 0 and b"smollm2-135m-instruct-q4_1" in r.out
+    rows = json.loads(tlmz("model", "list", "--json").out)
+    assert {"name", "source", "size", "installed"} <= set(rows[0])
+    r = tlmz("model", "verify", tiny_model)
+    assert r.code == 0 and b"OK" in r.out
+    assert_one_line_error(tlmz("model", "path", "no-such-model"))
+    assert_one_line_error(tlmz("model", "pull", "no-such-model"))
