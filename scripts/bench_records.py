@@ -97,13 +97,18 @@ def bench_zstd(context: bytes, sample: list[bytes], test: list[bytes]) -> list[d
 
     rows = []
     kind = "trained"
+    raw = zstd.ZstdCompressionDict(context, dict_type=zstd.DICT_TYPE_RAWCONTENT)
     try:
         d = zstd.train_dictionary(max(256, len(context)), sample + [context], level=19)
         d.precompute_compress(level=19)
     except zstd.ZstdError as e:
         kind = f"raw-content (training failed: {e})"
-        d = zstd.ZstdCompressionDict(context, dict_type=zstd.DICT_TYPE_RAWCONTENT)
-    for name, dd, magicless in ((f"zstd-19 + {kind.split(' ')[0]} dict", d, True), ("zstd-19", None, False)):
+        d = raw
+    variants = [(f"zstd-19 + {kind.split(' ')[0]} dict", d, True)]
+    if d is not raw:
+        variants.append(("zstd-19 + raw-content dict", raw, True))
+    variants.append(("zstd-19", None, False))
+    for name, dd, magicless in variants:
         kw = dict(level=19, write_checksum=False, write_dict_id=False)
         if magicless:
             kw["compression_params"] = zstd.ZstdCompressionParameters.from_level(

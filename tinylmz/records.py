@@ -213,6 +213,11 @@ class RecordCodec:
             ids = self.tokenize(record)
         if len(ids) > MAX_TOKENS_PER_BYTE * len(record) and not _is_utf8(record):
             return best
+        coded = self._model_frame(record, ids)
+        return coded if len(coded) < len(best) else best
+
+    def _model_frame(self, record: bytes, ids: np.ndarray) -> bytes:
+        """The MODEL frame of ``record`` (tokens ``ids``), whatever its size."""
         segs = [ids[i : i + self.segment_tokens] for i in range(0, len(ids), self.segment_tokens)]
         streams = self._encode_streams(segs)
         body = bytearray(varint(len(ids)))
@@ -220,8 +225,7 @@ class RecordCodec:
             body += varint(len(s))
         for s in streams:
             body += s
-        coded = bytes([VERSION << 4 | MODEL]) + best[1:HEADER_BYTES] + bytes(body)
-        return coded if len(coded) < len(best) else best
+        return bytes([VERSION << 4 | MODEL]) + self._id_bytes + bytes([_crc8(record)]) + bytes(body)
 
     def _encode_streams(self, segs: list[np.ndarray]) -> list[bytes]:
         s = self.session
