@@ -233,10 +233,19 @@ class PortableEngine:
         # (n, KV, t*G, D): query rows grouped under their kv head
         qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, t * G, D)
         sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, t * G, 1)
+        pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
+        sv = cache.sv[li, :, :, :end]  # (n, KV, end)
+        svmax = np.maximum.accumulate(sv, axis=-1)[:, :, pos]  # max over the visible keys
+        if self.native:  # the same arithmetic in C (kernel.softmax_p), without the temporaries
+            acc = kernel.attn_scores(qq.astype(np.int8), cache.k[li], end)
+            p, esum = kernel.softmax_p(acc, sq[..., 0], cache.sk[li], cache.sv[li], svmax, pos,
+                                       self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+            pv = kernel.attn_values(p, cache.v[li]).astype(np.float64)
+            return self._merge(pv * svmax[..., None] / esum[..., None], n, t, G, D)
+        # |q.k| <= 64 * 127^2 < 2^24: exact in float32 BLAS
         keys = cache.k[li, :, :, :end].astype(np.float32)
         s = (qq.astype(np.float32) @ keys.transpose(0, 1, 3, 2)).astype(np.float64)
         s = s * sq * cache.sk[li, :, :, None, :end] * self.inv_sqrt_d
-        pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
         visible = np.arange(end)[None, :] <= pos[:, None]  # (t*G, end)
         s = np.where(visible, s, -np.inf)
         m = s.max(axis=-1, keepdims=True)
@@ -244,12 +253,15 @@ class PortableEngine:
         d = np.minimum(d, len(_EXP) - 1).astype(np.int64)
         e = _EXP[d]  # masked entries hit the final 0
         esum = e.sum(axis=-1, keepdims=True)
-        sv = cache.sv[li, :, :, :end]  # (n, KV, end)
-        svmax = np.maximum.accumulate(sv, axis=-1)[:, :, pos][..., None]  # max over visible keys
-        p = np.rint(e * (sv[:, :, None, :] / svmax))
-        vals = cache.v[li, :, :, :end].astype(np.float64)
-        out = (p @ vals) * svmax / esum  # (n, KV, t*G, D)
-        return out.reshape(n, KV, t, G, D).transpose(0, 2, 1, 3, 4).reshape(n, t, H, D)
+        p = np.rint(e * (sv[:, :, None, :] / svmax[..., None]))
+        pv = p @ cache.v[li, :, :, :end].astype(np.float64)  # integers below 2^53: exact
+        return self._merge(pv * svmax[..., None] / esum, n, t, G, D)
+
+    @staticmethod
+    def _merge(out: np.ndarray, n: int, t: int, G: int, D: int) -> np.ndarray:
+        """(n, KV, t*G, D) → (n, t, H, D)."""
+        KV = out.shape[1]
+        return out.reshape(n, KV, t, G, D).transpose(0, 2, 1, 3, 4).reshape(n, t, KV * G, D)
 
     # -- the Engine protocol ---------------------------------------------------------------
 
