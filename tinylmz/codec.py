@@ -125,26 +125,30 @@ class Session:
         s = self.segment_tokens
         return [ids[i : i + s] for i in range(0, len(ids), s)]
 
+    def encode_streams(self, segs: list[np.ndarray], measure: bool = False, progress=None) -> tuple[list[bytes], float]:
+        """Range-code each segment as its own stream from the prefix; (streams, model bits if measured)."""
+        if not self.engine.batch_invariant:  # drive it exactly as the decoder will
+            return self._lockstep(segs, measure, progress)
+        bits = 0.0
+        streams = []
+        for seg in segs:
+            enc, done = Encoder(), 0
+            for rows in self.engine.score(self.prefix, self._input[seg]):
+                part = seg[done : done + len(rows)]
+                cum, freq = freqs.symbols(rows, part, self.width)
+                enc.encode_many(cum, freq, freqs.TOTAL)
+                if measure:
+                    bits += freqs.model_bits(rows, part)
+                done += len(rows)
+                if progress:
+                    progress(len(rows))
+            streams.append(enc.finish())
+        return streams, bits
+
     def encode_tokens(self, ids: np.ndarray, measure: bool = False, progress=None) -> tuple[bytes, float]:
         """Model-coded payload: stream count, last stream's tokens, bytes of each stream but the last, streams."""
         segs = self.segments(ids)
-        bits = 0.0
-        streams = []
-        if self.engine.batch_invariant:
-            for seg in segs:
-                enc, done = Encoder(), 0
-                for rows in self.engine.score(self.prefix, self._input[seg]):
-                    part = seg[done : done + len(rows)]
-                    cum, freq = freqs.symbols(rows, part, self.width)
-                    enc.encode_many(cum, freq, freqs.TOTAL)
-                    if measure:
-                        bits += freqs.model_bits(rows, part)
-                    done += len(rows)
-                    if progress:
-                        progress(len(rows))
-                streams.append(enc.finish())
-        else:
-            streams, bits = self._lockstep(segs, measure, progress)
+        streams, bits = self.encode_streams(segs, measure, progress)
         # Every stream but the last has segment_tokens tokens, and the last one's bytes run
         # to the end of the payload, so the table holds only what cannot be inferred.
         out = bytearray(varint(len(segs)) + varint(len(segs[-1])))

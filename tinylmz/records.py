@@ -106,7 +106,7 @@ from . import freqs
 from .codec import DEFAULT_ENGINE
 from .container import read_varint, varint
 from .errors import EngineMismatch, FormatError, ModelError, TinylmzError
-from .rangecoder import Decoder, Encoder
+from .rangecoder import Decoder
 
 VERSION = 1
 MODEL, STORED = 0, 1
@@ -218,29 +218,13 @@ class RecordCodec:
 
     def _model_frame(self, record: bytes, ids: np.ndarray) -> bytes:
         """The MODEL frame of ``record`` (tokens ``ids``), whatever its size."""
-        segs = [ids[i : i + self.segment_tokens] for i in range(0, len(ids), self.segment_tokens)]
-        streams = self._encode_streams(segs)
+        streams = self.session.encode_streams(self.session.segments(ids))[0]
         body = bytearray(varint(len(ids)))
         for s in streams[:-1]:
             body += varint(len(s))
         for s in streams:
             body += s
         return bytes([VERSION << 4 | MODEL]) + self._id_bytes + bytes([_crc8(record)]) + bytes(body)
-
-    def _encode_streams(self, segs: list[np.ndarray]) -> list[bytes]:
-        s = self.session
-        if not s.engine.batch_invariant:  # drive it exactly as the decoder will
-            return s._lockstep(segs, False, None)[0]
-        out = []
-        for seg in segs:
-            enc, done = Encoder(), 0
-            for rows in s.engine.score(s.prefix, s._input[seg]):
-                part = seg[done : done + len(rows)]
-                cum, freq = freqs.symbols(rows, part, s.width)
-                enc.encode_many(cum, freq, freqs.TOTAL)
-                done += len(rows)
-            out.append(enc.finish())
-        return out
 
     # -- decompression ---------------------------------------------------------------------
 

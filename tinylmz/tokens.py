@@ -33,6 +33,7 @@ longer than 32 bytes and rewrites invalid UTF-8.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import mmap
 import os
@@ -479,6 +480,8 @@ class Tokenizer:
                             f"llama.cpp sees {llm.n_vocab()} tokens in {self.model_path}, the GGUF metadata {self.vocab.n_vocab}"
                         )
                     self._llama = llm
+                    # free it before interpreter teardown, when llama-cpp-python's __del__ would fail noisily
+                    atexit.register(llm.close)
         return self._llama
 
     def _encode_run(self, run: bytes) -> list[int]:
