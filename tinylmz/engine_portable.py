@@ -81,6 +81,9 @@ def _blas_products(xq: np.ndarray, w: QLinear) -> np.ndarray:
     n = len(xq)
     pieces = -(-w.k // KCHUNK)
     step = -(-w.k // pieces)
+    # every partial sum is an integer of magnitude <= step * 128 * 127: exact in float32 below 2^24
+    if step * 128 * 127 >= 1 << 24 or np.abs(both).max(initial=0) > 128:
+        raise TinylmzError("exactness bound of the float32 products violated")
     acc = None
     for k0 in range(0, w.k, step):
         part = (both[:, k0 : k0 + step] @ w.t[k0 : k0 + step]).astype(np.float64)
