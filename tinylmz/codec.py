@@ -28,6 +28,7 @@ DEFAULT_SEGMENT_TOKENS = 1024
 # Encoder-only shortcut: blocks whose tokenization is mostly single bytes are
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
+FREQ_ROWS = 32  # positions turned into frequency tables at once (memory: FREQ_ROWS x V x 8 bytes, a few times)
 
 
 @dataclass
@@ -133,15 +134,17 @@ class Session:
         streams = []
         for seg in segs:
             enc, done = Encoder(), 0
-            for rows in self.engine.score(self.prefix, self._input[seg]):
-                part = seg[done : done + len(rows)]
-                cum, freq = freqs.symbols(rows, part, self.width)
-                enc.encode_many(cum, freq, freqs.TOTAL)
-                if measure:
-                    bits += freqs.model_bits(rows, part)
-                done += len(rows)
-                if progress:
-                    progress(len(rows))
+            for chunk in self.engine.score(self.prefix, self._input[seg]):
+                # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
+                for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
+                    part = seg[done : done + len(rows)]
+                    cum, freq = freqs.symbols(rows, part, self.width)
+                    enc.encode_many(cum, freq, freqs.TOTAL)
+                    if measure:
+                        bits += freqs.model_bits(rows, part)
+                    done += len(rows)
+                    if progress:
+                        progress(len(rows))
             streams.append(enc.finish())
         return streams, bits
 

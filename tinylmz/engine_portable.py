@@ -36,6 +36,7 @@ from .errors import EngineMismatch, TinylmzError
 from .weights import KCHUNK, QLinear, Weights
 
 VERSION = 1
+HEAD_ROWS = 32  # rows per slice of the output layer (memory only)
 CHUNK = 256  # positions per call in ``score`` (memory bound only; results do not depend on it)
 _EXP = tables.att_exp()
 _SIG = tables.sigmoid()
@@ -223,8 +224,13 @@ class PortableEngine:
             gu = matmul(h, layer["gateup"])
             x = x + matmul(silu(gu[..., : cfg.n_ff]) * gu[..., cfg.n_ff :], layer["down"])
         cache.len = p0 + t
-        h = rmsnorm(x, w.out_norm, cfg.eps)
-        return matmul(h, w.head)
+        h = rmsnorm(x, w.out_norm, cfg.eps).reshape(n * t, -1)
+        # The vocabulary-wide head in slices of rows bounds the temporaries; float32 logits are
+        # what the frequency function reads anyway (it casts to float32 first).
+        logits = np.empty((n * t, w.head.n), dtype=np.float32)
+        for i in range(0, n * t, HEAD_ROWS):
+            logits[i : i + HEAD_ROWS] = matmul(h[i : i + HEAD_ROWS], w.head)
+        return logits.reshape(n, t, -1)
 
     def _attend(self, q: np.ndarray, cache: Cache, li: int, end: int) -> np.ndarray:
         """Causal attention of q (n, t, H, D) at positions end-t..end-1 over the cache."""
