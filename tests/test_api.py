@@ -122,7 +122,7 @@ CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus",
 
 @pytest.mark.integration
 def test_default_model_english_is_near_cross_entropy(default_model_path):
-    text = open(CORPUS, "rb").read()[20000:24000]  # a few KB of ordinary prose
+    text = open(CORPUS, "rb").read()[20000:28000]  # a few KB of ordinary prose
     out = io.BytesIO()
     c = api.Compressor(out, measure=True)
     c.write(text)
@@ -131,6 +131,7 @@ def test_default_model_english_is_near_cross_entropy(default_model_path):
     assert c.stats.methods == {"model": 1}
     # the model-coded payload (streams + their framing) is within 1% of the summed -log2 p
     assert c.stats.coded_bytes * 8 <= c.stats.model_bits * 1.01
+    # the whole file, header included (measured: 1.389; the model alone 1.245)
     assert 8 * len(out.getvalue()) / len(text) < 1.4
 
 
