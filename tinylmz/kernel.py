@@ -50,7 +50,10 @@ def load():
         return None
     from .registry import cache_dir
 
-    src = resources.files("tinylmz").joinpath("_qgemm.c").read_bytes()
+    try:
+        src = resources.files("tinylmz").joinpath("_qgemm.c").read_bytes()
+    except OSError:  # an install without the source: numpy alone (same results, slower)
+        return None
     cc = os.environ.get("CC", "cc")
     key = hashlib.sha256(src + cc.encode() + _cpu_id().encode()).hexdigest()[:16]
     out = cache_dir() / "native" / f"qgemm-{key}.so"
