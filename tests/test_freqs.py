@@ -26,6 +26,20 @@ def test_rows_sum_to_total_and_every_id_is_codable(logits):
     assert (f >= 1).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 300)),
+                  elements=st.floats(-1e9, 1e9, width=32) | st.sampled_from([np.inf, -np.inf, np.nan, 0.0])),
+       st.integers(0, 5))
+def test_native_tables_equal_the_numpy_definition(logits, extra):
+    from tinylmz import kernel
+
+    assert kernel.load() is not None, "the native kernel did not build (a C compiler is a requirement)"
+    width = logits.shape[1] + extra
+    f = freqs.frequencies(logits, width)
+    want = np.concatenate([np.zeros((len(f), 1), np.int64), np.cumsum(f, axis=1)], axis=1)
+    assert np.array_equal(kernel.freq_cum(logits, width, freqs.exp_table(), freqs.TOTAL), want)
+
+
 def test_extra_symbols_get_one():
     f = freqs.frequencies(np.zeros((2, 5), np.float32), width=8)
     assert f.shape == (2, 8) and (f[:, 5:] == 1).all() and (f.sum(1) == freqs.TOTAL).all()

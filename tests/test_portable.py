@@ -46,6 +46,40 @@ def test_batched_equals_incremental(tiny_model, monkeypatch):
     assert np.array_equal(whole, np.array(steps))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_shared_prefix_equals_copied_prefix(tiny_model, monkeypatch, native):
+    """A long prefix (a record codec's context) is shared by all streams, not copied: same numbers."""
+    eng = _engine(tiny_model, native=native)
+    pre = eng.prefill([0] + _ids(engine_portable.SHARE_MIN + 17, seed=5).tolist())
+    ids, other = _ids(30), _ids(30, seed=1)
+
+    def run():
+        whole = np.concatenate(list(eng.score(pre, ids)))
+        st = eng.stepper(pre, 3)
+        steps = []
+        for i in range(30):
+            steps.append(st.logits()[:2].copy())
+            st.feed([ids[i], other[i], other[-i]] if i < 12 else [ids[i], other[i]])
+        return whole, np.array(steps)
+
+    shared_whole, shared_steps = run()
+    monkeypatch.setattr(engine_portable, "SHARE_MIN", 10**9)  # copy the prefix into every stream instead
+    copied_whole, copied_steps = run()
+    assert np.array_equal(shared_whole, copied_whole) and np.array_equal(shared_steps, copied_steps)
+    assert np.array_equal(shared_whole, shared_steps[:, 0])
+
+
+def test_shared_prefix_native_equals_numpy(tiny_model):
+    prefix = [0] + _ids(engine_portable.SHARE_MIN + 3, seed=6).tolist()
+    out = []
+    for native in (True, False):
+        eng = _engine(tiny_model, native=native)
+        st = eng.stepper(eng.prefill(prefix), 2)
+        st.feed([7, 8])
+        out.append(np.concatenate([np.concatenate(list(eng.score(eng.prefill(prefix), _ids(20)))), st.logits()]))
+    assert np.array_equal(out[0], out[1])
+
+
 def test_prefix_then_tokens_equals_longer_prefix(tiny_model):
     eng = _engine(tiny_model)
     a = np.concatenate(list(eng.score(eng.prefill([0]), [7, 8, 9, 10])))
@@ -68,9 +102,11 @@ def test_native_kernel_equals_numpy(tiny_model):
 def test_native_kernel_is_exact_at_the_extremes():
     from tinylmz import kernel
 
-    x = np.full((5, 1536), -32767, np.int16)
-    w = np.full((9, 1536), 127, np.int8)
-    assert (kernel.qgemm(x, w) == -32767 * 127 * 1536).all()
+    for K in (1536, 4133):  # several int32 blocks, and a tail past the last full vector
+        x = np.full((5, K), -32767, np.int16)
+        w = np.full((9, K), 127, np.int8)
+        assert (kernel.qgemm(x, w) == -32767 * 127 * K).all()
+        assert (kernel.qgemm(-x, w) == 32767 * 127 * K).all()
 
 
 FORBIDDEN = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh", "sinh", "cosh", "sin", "cos",

@@ -4,67 +4,207 @@
  *
  * Integer arithmetic is exact whatever the instruction set, so this kernel gives
  * the same numbers as the numpy path on every machine; it is only faster.
- * Partial sums over 256 products stay below 256 * 32767 * 127 < 2^31 (int32),
- * and are added into int64.  The bulk is done in 4x4 tiles (4 rows of x times
- * 4 rows of w), which the compiler vectorizes with the loads shared.
+ * The bulk is done in tiles of rows of x times rows of w, with AVX-512 VNNI or
+ * AVX2 where the compiler targets them (-march=native) and plain C otherwise.
  */
+#include <math.h>
 #include <stdint.h>
 
-#define KB 256
+/* Blocks of KB products are summed in int32, then added into int64.  Every
+ * product is at most 32767 * 127 < 2^22 in magnitude (|x| <= 32767: the engine
+ * quantizes to +-32767, never -32768).  An int32 lane therefore holds at most
+ * 2048/32 sums of two products with AVX-512 (< 2^29), 2048/16 with AVX2
+ * (< 2^30), and 256 single products in plain C (< 2^30): no lane overflows, so
+ * every path returns the exact integer product.
+ */
 
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define KB 2048
+#define VEC 32 /* int16 lanes per vector */
+#define TR 4   /* rows of x per tile */
+#define TC 4   /* rows of w per tile */
+typedef __m512i acc_t;
+static inline acc_t acc_zero(void) { return _mm512_setzero_si512(); }
+static inline acc_t load_x(const int16_t *p) { return _mm512_loadu_si512((const void *)p); }
+static inline acc_t load_w(const int8_t *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p)); }
+static inline acc_t mac(acc_t a, acc_t x, acc_t w) { return _mm512_dpwssd_epi32(a, x, w); }
+static inline int64_t acc_sum(acc_t a)
+{
+    return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)),
+                                                    _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1))));
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define KB 2048
+#define VEC 16
+#define TR 2
+#define TC 4
+typedef __m256i acc_t;
+static inline acc_t acc_zero(void) { return _mm256_setzero_si256(); }
+static inline acc_t load_x(const int16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline acc_t load_w(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+static inline acc_t mac(acc_t a, acc_t x, acc_t w) { return _mm256_add_epi32(a, _mm256_madd_epi16(x, w)); }
+static inline int64_t acc_sum(acc_t a)
+{
+    int32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, a);
+    int64_t s = 0;
+    for (int i = 0; i < 8; i++)
+        s += l[i];
+    return s;
+}
+#else /* plain C: the compiler vectorizes what it can */
+#define KB 256
+#define VEC 1
+#define TR 4
+#define TC 4
+typedef int32_t acc_t;
+static inline acc_t acc_zero(void) { return 0; }
+static inline acc_t load_x(const int16_t *p) { return *p; }
+static inline acc_t load_w(const int8_t *p) { return *p; }
+static inline acc_t mac(acc_t a, acc_t x, acc_t w) { return a + x * w; }
+static inline int64_t acc_sum(acc_t a) { return a; }
+#endif
+
+/* TR rows of x times TC rows of w: the loads are shared across the tile. */
 static void tile(const int16_t *x, int64_t K, const int8_t *w, int64_t *o, int64_t N)
 {
-    int64_t t[4][4] = {{0}};
-    for (int64_t k0 = 0; k0 < K; k0 += KB) {
-        int64_t k1 = k0 + KB < K ? k0 + KB : K;
-        int32_t a[4][4] = {{0}};
-        for (int64_t k = k0; k < k1; k++) {
-            int32_t w0 = w[k], w1 = w[K + k], w2 = w[2 * K + k], w3 = w[3 * K + k];
-            for (int r = 0; r < 4; r++) {
-                int32_t xv = x[r * K + k];
-                a[r][0] += xv * w0;
-                a[r][1] += xv * w1;
-                a[r][2] += xv * w2;
-                a[r][3] += xv * w3;
+    int64_t t[TR][TC] = {{0}};
+    int64_t Kv = K - K % VEC;
+    for (int64_t k0 = 0; k0 < Kv; k0 += KB) {
+        int64_t k1 = k0 + KB < Kv ? k0 + KB : Kv;
+        acc_t a[TR][TC];
+        for (int r = 0; r < TR; r++)
+            for (int c = 0; c < TC; c++)
+                a[r][c] = acc_zero();
+        for (int64_t k = k0; k < k1; k += VEC) {
+            acc_t wv[TC];
+            for (int c = 0; c < TC; c++)
+                wv[c] = load_w(w + c * K + k);
+            for (int r = 0; r < TR; r++) {
+                acc_t xv = load_x(x + r * K + k);
+                for (int c = 0; c < TC; c++)
+                    a[r][c] = mac(a[r][c], xv, wv[c]);
             }
         }
-        for (int r = 0; r < 4; r++)
-            for (int c = 0; c < 4; c++)
-                t[r][c] += a[r][c];
+        for (int r = 0; r < TR; r++)
+            for (int c = 0; c < TC; c++)
+                t[r][c] += acc_sum(a[r][c]);
     }
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 4; c++)
+    for (int64_t k = Kv; k < K; k++)
+        for (int r = 0; r < TR; r++)
+            for (int c = 0; c < TC; c++)
+                t[r][c] += (int32_t)x[r * K + k] * (int32_t)w[c * K + k];
+    for (int r = 0; r < TR; r++)
+        for (int c = 0; c < TC; c++)
             o[r * N + c] = t[r][c];
 }
 
 static int64_t row1(const int16_t *xr, const int8_t *wr, int64_t K)
 {
-    int64_t total = 0;
-    for (int64_t k0 = 0; k0 < K; k0 += KB) {
-        int64_t k1 = k0 + KB < K ? k0 + KB : K;
-        int32_t acc = 0;
-        for (int64_t k = k0; k < k1; k++)
-            acc += (int32_t)xr[k] * (int32_t)wr[k];
-        total += acc;
+    int64_t total = 0, Kv = K - K % VEC;
+    for (int64_t k0 = 0; k0 < Kv; k0 += KB) {
+        int64_t k1 = k0 + KB < Kv ? k0 + KB : Kv;
+        acc_t a = acc_zero();
+        for (int64_t k = k0; k < k1; k += VEC)
+            a = mac(a, load_x(xr + k), load_w(wr + k));
+        total += acc_sum(a);
     }
+    for (int64_t k = Kv; k < K; k++)
+        total += (int32_t)xr[k] * (int32_t)wr[k];
     return total;
 }
 
-/* Columns j0..j1-1 of out (so threads can split the weight rows). */
+/* Columns j0..j1-1 of out (so threads can split the weight rows): the exact products,
+ * int64.  With y != NULL they are also dequantized, y[i][j] = ((double)out[i][j] * sx[i]) * ws[j]:
+ * the same two IEEE multiplications, in the same order, as numpy's ``acc * sx * w.scale``
+ * (the product converts to double exactly: it is below 2^53).
+ */
 void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, int64_t j1,
-           int64_t N, int64_t *out)
+           int64_t N, int64_t *out, const double *sx, const double *ws, double *y)
 {
-    int64_t n4 = n - n % 4, j = j0;
-    for (; j + 4 <= j1; j += 4) {
-        for (int64_t i = 0; i < n4; i += 4)
+    int64_t nr = n - n % TR, j = j0;
+    for (; j + TC <= j1; j += TC) {
+        for (int64_t i = 0; i < nr; i += TR)
             tile(x + i * K, K, w + j * K, out + i * N + j, N);
-        for (int64_t i = n4; i < n; i++)
-            for (int c = 0; c < 4; c++)
+        for (int64_t i = nr; i < n; i++)
+            for (int c = 0; c < TC; c++)
                 out[i * N + j + c] = row1(x + i * K, w + (j + c) * K, K);
     }
     for (; j < j1; j++)
         for (int64_t i = 0; i < n; i++)
             out[i * N + j] = row1(x + i * K, w + j * K, K);
+    if (y)
+        for (int64_t i = 0; i < n; i++)
+            for (j = j0; j < j1; j++)
+                y[i * N + j] = ((double)out[i * N + j] * sx[i]) * ws[j];
+}
+
+/* qgemm over all N columns with nt threads (OpenMP when the compiler has it, else one):
+ * each thread takes a contiguous share of whole column tiles, so results do not depend on nt. */
+int64_t qgemm_parallel(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
+              const double *sx, const double *ws, double *y, int64_t nt)
+{
+    int64_t tiles = N / TC;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t c = 0; c < nt; c++) {
+        int64_t j0 = tiles * c / nt * TC, j1 = c == nt - 1 ? N : tiles * (c + 1) / nt * TC;
+        qgemm(x, n, K, w, j0, j1, N, out, sx, ws, y);
+    }
+}
+
+/* Per-row symmetric quantization to int16, as engine_portable._quant(x, levels):
+ * s = max|x| / levels (1 where the row is all zeros), q = rint(x / s). */
+void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double *xr = x + i * K;
+        double amax = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            double a = fabs(xr[k]);
+            if (a > amax)
+                amax = a;
+        }
+        double s = amax > 0 ? amax / levels : 1.0;
+        for (int64_t k = 0; k < K; k++)
+            q[i * K + k] = (int16_t)nearbyint(xr[k] / s);
+        scale[i] = s;
+    }
+}
+
+/* SwiGLU as engine_portable.silu(g) * u, for rows gu = [g | u] of 2 * F doubles:
+ *   t = (clip(g, -R, R) + R) * steps;  i = floor(t);  f = t - i
+ *   sig = S[i] + (S[i + 1] - S[i]) * f   (0 where g < -R);  out = (g * sig) * u
+ */
+void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, double steps, double *out)
+{
+    for (int64_t r = 0; r < n; r++) {
+        const double *g = gu + r * 2 * F, *u = g + F;
+        double *o = out + r * F;
+        for (int64_t k = 0; k < F; k++) {
+            double c = g[k] < -R ? -R : (g[k] > R ? R : g[k]);
+            double t = (c + R) * steps;
+            double fi = floor(t);
+            double f = t - fi;
+            int64_t i = (int64_t)fi;
+            double sig = S[i] + (S[i + 1] - S[i]) * f;
+            if (g[k] < -R)
+                sig = 0.0;
+            o[k] = (g[k] * sig) * u[k];
+        }
+    }
 }
 
 /* Attention products, batched over B = streams x kv-heads; integer and exact.
@@ -75,11 +215,48 @@ void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, 
  * k and v are read with a stride per batch (the cache's capacity), so the
  * cache is used in place without copies.
  */
+#include <stdlib.h>
+
+/* Dot products of int8 vectors of length D stay below D * 127^2 < 2^31 for D <= 2^17, so
+ * int32 is exact everywhere here.  The SIMD paths widen to int16 and use the same mac() as
+ * the matrix product; 4 query rows share each key's loads. */
+static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s)
+{
+#if VEC > 1
+    acc_t kv[256 / VEC];
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        int64_t rn = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t j = 0; j < T; j++) {
+            for (int64_t c = 0; c < D / VEC; c++)
+                kv[c] = load_w(kb + j * D + c * VEC);
+            for (int64_t r = r0; r < r0 + rn; r++) {
+                acc_t a = acc_zero();
+                for (int64_t c = 0; c < D / VEC; c++)
+                    a = mac(a, load_x(q16 + r * D + c * VEC), kv[c]);
+                s[r * T + j] = (int32_t)acc_sum(a);
+            }
+        }
+    }
+#else
+    (void)q16; (void)kb; (void)R; (void)T; (void)D; (void)s;
+#endif
+}
+
 void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t kstride, int32_t *s)
 {
+    int simd = VEC > 1 && D % VEC == 0 && D <= 256;
+    int16_t *q16 = simd ? malloc(sizeof(int16_t) * R * D) : NULL;
+    if (!q16)
+        simd = 0;
     for (int64_t b = 0; b < B; b++) {
         const int8_t *kb = k + b * kstride;
+        if (simd) {
+            for (int64_t i = 0; i < R * D; i++)
+                q16[i] = q[b * R * D + i];
+            qk_rows(q16, kb, R, T, D, s + b * R * T);
+            continue;
+        }
         for (int64_t r = 0; r < R; r++) {
             const int8_t *qr = q + (b * R + r) * D;
             int32_t *sr = s + (b * R + r) * T;
@@ -92,37 +269,67 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
             }
         }
     }
+    free(q16);
 }
 
+/* p <= 2^16 and |v| <= 127: 128 products sum below 2^31, so int32 partial sums in blocks of
+ * 128 keys, added into int64.  4 query rows share each value row's loads; a key whose weight
+ * is 0 in all of them is skipped. */
 void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t vstride, int64_t *o)
 {
-    /* p <= 2^16 and |v| <= 127: 128 products sum below 2^31, so int32 partial sums in blocks of 128 */
     for (int64_t b = 0; b < B; b++) {
         const int8_t *vb = v + b * vstride;
-        for (int64_t r = 0; r < R; r++) {
-            const int32_t *pr = p + (b * R + r) * T;
-            int64_t acc[256];
-            int32_t part[256];
-            for (int64_t d = 0; d < D; d++)
-                acc[d] = 0;
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            int64_t rn = R - r0 < 4 ? R - r0 : 4;
+            const int32_t *pr = p + (b * R + r0) * T;
+            int64_t acc[4][256];
+            int32_t part[4][256];
+            for (int64_t r = 0; r < rn; r++)
+                for (int64_t d = 0; d < D; d++)
+                    acc[r][d] = 0;
             for (int64_t j0 = 0; j0 < T; j0 += 128) {
                 int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
-                for (int64_t d = 0; d < D; d++)
-                    part[d] = 0;
-                for (int64_t j = j0; j < j1; j++) {
-                    int32_t pj = pr[j];
-                    if (pj == 0)
-                        continue;
-                    const int8_t *vj = vb + j * D;
+                for (int64_t r = 0; r < rn; r++)
                     for (int64_t d = 0; d < D; d++)
-                        part[d] += pj * (int32_t)vj[d];
+                        part[r][d] = 0;
+                for (int64_t j = j0; j < j1; j++) {
+                    const int8_t *vj = vb + j * D;
+                    int32_t any = 0;
+                    for (int64_t r = 0; r < rn; r++)
+                        any |= pr[r * T + j];
+                    if (!any)
+                        continue;
+#if defined(__AVX512F__)
+                    if (D == 64) {
+                        __m512i v0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)vj));
+                        __m512i v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 16)));
+                        __m512i v2 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 32)));
+                        __m512i v3 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 48)));
+                        for (int64_t r = 0; r < rn; r++) {
+                            __m512i pj = _mm512_set1_epi32(pr[r * T + j]);
+                            int32_t *pt = part[r];
+                            _mm512_storeu_si512(pt, _mm512_add_epi32(_mm512_loadu_si512(pt), _mm512_mullo_epi32(pj, v0)));
+                            _mm512_storeu_si512(pt + 16, _mm512_add_epi32(_mm512_loadu_si512(pt + 16), _mm512_mullo_epi32(pj, v1)));
+                            _mm512_storeu_si512(pt + 32, _mm512_add_epi32(_mm512_loadu_si512(pt + 32), _mm512_mullo_epi32(pj, v2)));
+                            _mm512_storeu_si512(pt + 48, _mm512_add_epi32(_mm512_loadu_si512(pt + 48), _mm512_mullo_epi32(pj, v3)));
+                        }
+                        continue;
+                    }
+#endif
+                    for (int64_t r = 0; r < rn; r++) {
+                        int32_t pj = pr[r * T + j];
+                        for (int64_t d = 0; d < D; d++)
+                            part[r][d] += pj * (int32_t)vj[d];
+                    }
                 }
-                for (int64_t d = 0; d < D; d++)
-                    acc[d] += part[d];
+                for (int64_t r = 0; r < rn; r++)
+                    for (int64_t d = 0; d < D; d++)
+                        acc[r][d] += part[r][d];
             }
-            for (int64_t d = 0; d < D; d++)
-                o[(b * R + r) * D + d] = acc[d];
+            for (int64_t r = 0; r < rn; r++)
+                for (int64_t d = 0; d < D; d++)
+                    o[(b * R + r0 + r) * D + d] = acc[r][d];
         }
     }
 }
@@ -138,8 +345,6 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
  *     esum   = sum_j e
  * sk and sv are read with a stride per batch (the cache's capacity).
  */
-#include <math.h>
-
 void softmax_p(const int32_t *acc, const double *sq, const double *sk, const double *sv,
                const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
                double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum)
@@ -168,5 +373,100 @@ void softmax_p(const int32_t *acc, const double *sq, const double *sk, const dou
                 pr[j] = 0;
             esum[b * R + r] = total;
         }
+    }
+}
+
+/* Cumulative frequency tables, exactly as freqs.frequencies + cumsum (read its docstring).
+ * logits float32 (n x V); width >= V symbols (ids >= V get frequency 1); table = EXP
+ * (L entries, the last 0); cum int64 (n x (width + 1)): cum[0] = 0, cum[width] = total.
+ * Float steps: one multiplication by 256 (exact) and rint (round half to even, the
+ * default rounding mode, as numpy's rint); everything after is integer.
+ */
+void freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
+              int64_t L, int64_t total, int32_t *fixed, int64_t *cum)
+{
+    const float limit = 16777216.0f; /* 2^24, freqs.LIMIT */
+    for (int64_t i = 0; i < n; i++) {
+        const float *lr = logits + i * V;
+        int64_t *c = cum + i * (width + 1);
+        int32_t top = INT32_MIN;
+        int64_t arg = 0;
+        for (int64_t j = 0; j < V; j++) {
+            float x = lr[j] * 256.0f;
+            if (isnan(x))
+                x = -limit;
+            x = x > limit ? limit : (x < -limit ? -limit : x);
+            int32_t q = (int32_t)nearbyintf(x);
+            fixed[j] = q;
+            if (q > top) {
+                top = q;
+                arg = j;
+            }
+        }
+        int64_t wsum = 0;
+        for (int64_t j = 0; j < V; j++) {
+            int64_t d = (int64_t)top - fixed[j];
+            wsum += table[d < L - 1 ? d : L - 1];
+        }
+        int64_t spread = total - width, fsum = 0;
+        c[0] = 0;
+        for (int64_t j = 0; j < V; j++) {
+            int64_t d = (int64_t)top - fixed[j];
+            int64_t f = 1 + table[d < L - 1 ? d : L - 1] * spread / wsum;
+            fsum += f;
+            c[j + 1] = f; /* frequencies first; summed below once the top one is fixed */
+        }
+        fsum += width - V;
+        c[arg + 1] += total - fsum;
+        for (int64_t j = 0; j < V; j++)
+            c[j + 1] += c[j];
+        for (int64_t j = V; j < width; j++)
+            c[j + 1] = c[j] + 1;
+    }
+}
+
+/* Threaded forms of qk, pv and softmax_p (OpenMP when available, else serial): tasks are
+ * whole batches when there are enough of them, otherwise row ranges of each batch.  Each
+ * task computes its own outputs with the functions above, so nt never changes a result. */
+#define TASKS(B, R, nt) ((B) >= 2 * (nt) || (R) < (nt) ? 1 : (nt))
+
+void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
+           int64_t kstride, int32_t *s, int64_t nt)
+{
+    int64_t rc = TASKS(B, R, nt);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t task = 0; task < B * rc; task++) {
+        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc;
+        qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + (b * R + r0) * T);
+    }
+}
+
+void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
+           int64_t vstride, int64_t *o, int64_t nt)
+{
+    int64_t rc = TASKS(B, R, nt);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t task = 0; task < B * rc; task++) {
+        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc;
+        pv(p + (b * R + r0) * T, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D);
+    }
+}
+
+void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk, const double *sv,
+                  const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
+                  double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
+{
+    int64_t rc = TASKS(B, R, nt);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t task = 0; task < B * rc; task++) {
+        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc, i = b * R + r0;
+        softmax_p(acc + i * T, sq + i, sk + b * stride, sv + b * stride, svmax + i, pos + r0, 1, r1 - r0, T,
+                  stride, inv, steps, table, L, p + i * T, esum + i);
     }
 }

@@ -10,7 +10,9 @@ streams).  A block the model cannot beat is stored with lzma or as is.
 from __future__ import annotations
 
 import lzma
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +26,7 @@ from .rangecoder import Decoder, Encoder
 
 DEFAULT_ENGINE = "portable"
 DEFAULT_BLOCK_SIZE = 64 * 1024
-DEFAULT_SEGMENT_TOKENS = 1024
+DEFAULT_SEGMENT_TOKENS = 2048
 # Encoder-only shortcut: blocks whose tokenization is mostly single bytes are
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
@@ -127,26 +129,47 @@ class Session:
         return [ids[i : i + s] for i in range(0, len(ids), s)]
 
     def encode_streams(self, segs: list[np.ndarray], measure: bool = False, progress=None) -> tuple[list[bytes], float]:
-        """Range-code each segment as its own stream from the prefix; (streams, model bits if measured)."""
+        """Range-code each segment as its own stream from the prefix; (streams, model bits if measured).
+
+        Segments are independent, so an engine whose results do not depend on how it is
+        called (``batch_invariant``) scores several side by side, one core each.
+        """
         if not self.engine.batch_invariant:  # drive it exactly as the decoder will
             return self._lockstep(segs, measure, progress)
-        bits = 0.0
-        streams = []
-        for seg in segs:
-            enc, done = Encoder(), 0
-            for chunk in self.engine.score(self.prefix, self._input[seg]):
-                # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
-                for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
-                    part = seg[done : done + len(rows)]
-                    cum, freq = freqs.symbols(rows, part, self.width)
-                    enc.encode_many(cum, freq, freqs.TOTAL)
-                    if measure:
-                        bits += freqs.model_bits(rows, part)
-                    done += len(rows)
-                    if progress:
-                        progress(len(rows))
-            streams.append(enc.finish())
-        return streams, bits
+        prefix = self.prefix
+        if progress:
+            lock, tick = threading.Lock(), progress
+
+            def progress(n: int) -> None:  # noqa: F811 - the same callback, serialized
+                with lock:
+                    tick(n)
+
+        workers = min(len(segs), self.engine.segment_workers())
+        if workers <= 1:
+            results = [self._encode_segment(prefix, seg, measure, progress) for seg in segs]
+        else:
+            def one(seg):
+                with self.engine.one_core():
+                    return self._encode_segment(prefix, seg, measure, progress)
+
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, segs))
+        return [r[0] for r in results], sum(r[1] for r in results)
+
+    def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress) -> tuple[bytes, float]:
+        enc, done, bits = Encoder(), 0, 0.0
+        for chunk in self.engine.score(prefix, self._input[seg]):
+            # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
+            for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
+                part = seg[done : done + len(rows)]
+                cum, freq = freqs.symbols(rows, part, self.width)
+                enc.encode_many(cum, freq, freqs.TOTAL)
+                if measure:
+                    bits += freqs.model_bits(rows, part)
+                done += len(rows)
+                if progress:
+                    progress(len(rows))
+        return enc.finish(), bits
 
     def encode_tokens(self, ids: np.ndarray, measure: bool = False, progress=None) -> tuple[bytes, float]:
         """Model-coded payload: stream count, last stream's tokens, bytes of each stream but the last, streams."""

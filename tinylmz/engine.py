@@ -62,5 +62,11 @@ class Engine(Protocol):
     def score(self, prefix: Prefix, ids: Sequence[int]) -> Iterator[np.ndarray]:
         """Yield logits for positions ``0..len(ids)-1`` in chunks of rows, in order."""
 
+    def segment_workers(self) -> int:
+        """Batch-invariant engines: how many ``score`` calls may run side by side in threads."""
+
+    def one_core(self):
+        """Batch-invariant engines: a context manager under which this thread's calls use one core."""
+
     def stepper(self, prefix: Prefix, n: int) -> Stepper:
         """Start ``n`` streams from ``prefix``."""

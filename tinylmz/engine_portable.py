@@ -37,6 +37,7 @@ from .weights import KCHUNK, QLinear, Weights
 
 VERSION = 1
 HEAD_ROWS = 32  # rows per slice of the output layer (memory only)
+SHARE_MIN = 64  # prefixes of at least this many tokens are shared by streams, not copied
 CHUNK = 256  # positions per call in ``score`` (memory bound only; results do not depend on it)
 _EXP = tables.att_exp()
 _SIG = tables.sigmoid()
@@ -65,12 +66,11 @@ def matmul(x: np.ndarray, w: QLinear) -> np.ndarray:
     """``x @ W.T`` for float64 rows x, with x quantized to int16 per row; exact integer products."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
-    xq, sx = _quant(x, 32767)
-    if w.q is not None:
-        acc = kernel.qgemm(xq.astype(np.int16), w.q).astype(np.float64)  # exact: |acc| < 2^53
+    if w.q is not None:  # the same steps in C (kernel.qmatmul), fused
+        y = kernel.qmatmul(x, w.q, w.scale)
     else:
-        acc = _blas_products(xq, w)
-    y = acc * sx * w.scale
+        xq, sx = _quant(x, 32767)
+        y = _blas_products(xq, w) * sx * w.scale  # exact integer products: |acc| < 2^53
     return y.reshape(*shape[:-1], w.n)
 
 
@@ -122,18 +122,28 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 class Cache:
-    """int8 keys/values with per-(token, head) scales, for ``n`` streams and ``cap`` positions."""
+    """int8 keys/values with per-(token, head) scales, for ``n`` streams.
 
-    def __init__(self, cfg, n: int, cap: int) -> None:
+    A cache may sit on a ``shared`` one: a single stream holding positions
+    0..base-1 that every stream here continues (a record codec's context).  Its
+    own arrays then hold positions base, base+1, ...; nothing is copied per
+    stream, and attention reads the shared keys once for all streams.
+    """
+
+    def __init__(self, cfg, n: int, cap: int, shared: "Cache | None" = None) -> None:
         L, H, D = cfg.n_layer, cfg.n_head_kv, cfg.head_dim
+        self.shared = shared
+        self.base = shared.len if shared is not None else 0
         self.k = np.zeros((L, n, H, cap, D), dtype=np.int8)
         self.v = np.zeros((L, n, H, cap, D), dtype=np.int8)
         self.sk = np.ones((L, n, H, cap))
         self.sv = np.ones((L, n, H, cap))
-        self.len = 0
+        self.len = self.base  # positions covered, shared ones included
 
-    def grow(self, cap: int) -> None:
+    def grow(self, end: int) -> None:
+        """Make room for positions up to ``end``."""
         have = self.k.shape[3]
+        cap = end - self.base
         if cap <= have:
             return
         pad = lambda a, fill: np.concatenate(  # noqa: E731
@@ -144,11 +154,13 @@ class Cache:
     def take(self, n: int) -> "Cache":
         """The first ``n`` streams (views, no copy)."""
         c = object.__new__(Cache)
-        c.k, c.v, c.sk, c.sv, c.len = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.len
+        c.k, c.v, c.sk, c.sv = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n]
+        c.shared, c.base, c.len = self.shared, self.base, self.len
         return c
 
     def repeat(self, n: int, cap: int) -> "Cache":
         """A new cache of ``n`` streams, each a copy of stream 0 of this one, with room for ``cap``."""
+        assert self.shared is None
         c = object.__new__(Cache)
         t = self.len
         shape = lambda a: (a.shape[0], n, a.shape[2], cap) + a.shape[4:]  # noqa: E731
@@ -156,8 +168,18 @@ class Cache:
         c.sk, c.sv = np.ones(shape(self.sk)), np.ones(shape(self.sv))
         for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv)):
             a[:, :, :, :t] = b[:, :1, :, :t]
-        c.len = t
+        c.shared, c.base, c.len = None, 0, t
         return c
+
+    def branch(self, cfg, n: int, cap: int) -> "Cache":
+        """``n`` streams continuing this one (stream 0), with room for ``cap`` more positions.
+
+        Short prefixes are copied into each stream; long ones are shared.  Either way the
+        results are the same integers (tests compare them); sharing only saves time and memory.
+        """
+        if self.len < SHARE_MIN:
+            return self.repeat(n, self.len + cap)
+        return Cache(cfg, n, cap, shared=self)
 
 
 @dataclass
@@ -187,6 +209,18 @@ class PortableEngine:
     def params(self) -> dict:
         return {"version": VERSION}
 
+    def segment_workers(self) -> int:
+        """How many segments an encoder may score side by side (each call then uses one core).
+
+        Only with the native kernel: its results never depend on threads.  numpy's BLAS
+        would start its own threads in each worker and oversubscribe the cores.
+        """
+        return kernel.threads() if self.native else 1
+
+    def one_core(self):
+        """Context manager: this thread's kernel calls use one core."""
+        return kernel.single_thread()
+
     def check_params(self, params: dict, *, force: bool = False) -> None:
         if params.get("version") != VERSION:
             raise EngineMismatch(
@@ -200,6 +234,7 @@ class PortableEngine:
         cfg, w = self.cfg, self.w
         n, t = ids.shape
         p0 = cache.len
+        o0 = p0 - cache.base  # where position p0 goes in the cache's own arrays
         cache.grow(p0 + t)
         self.rope.ensure(p0 + t)
         cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
@@ -213,15 +248,15 @@ class PortableEngine:
             v = qkv[..., (H + KV) * D :].reshape(n, t, KV, D)
             kq, sk = _quant(k, 127)
             vq, sv = _quant(v, 127)
-            cache.k[li, :, :, p0 : p0 + t] = kq.transpose(0, 2, 1, 3)
-            cache.v[li, :, :, p0 : p0 + t] = vq.transpose(0, 2, 1, 3)
-            cache.sk[li, :, :, p0 : p0 + t] = sk[..., 0].transpose(0, 2, 1)
-            cache.sv[li, :, :, p0 : p0 + t] = sv[..., 0].transpose(0, 2, 1)
+            cache.k[li, :, :, o0 : o0 + t] = kq.transpose(0, 2, 1, 3)
+            cache.v[li, :, :, o0 : o0 + t] = vq.transpose(0, 2, 1, 3)
+            cache.sk[li, :, :, o0 : o0 + t] = sk[..., 0].transpose(0, 2, 1)
+            cache.sv[li, :, :, o0 : o0 + t] = sv[..., 0].transpose(0, 2, 1)
             att = self._attend(q, cache, li, p0 + t)
             x = x + matmul(att.reshape(n, t, H * D), layer["o"])
             h = rmsnorm(x, layer["ffn_norm"], cfg.eps)
             gu = matmul(h, layer["gateup"])
-            x = x + matmul(silu(gu[..., : cfg.n_ff]) * gu[..., cfg.n_ff :], layer["down"])
+            x = x + matmul(self._swiglu(gu), layer["down"])
         cache.len = p0 + t
         h = rmsnorm(x, w.out_norm, cfg.eps).reshape(n * t, -1)
         # The vocabulary-wide head in slices of rows bounds the temporaries; float32 logits are
@@ -231,29 +266,58 @@ class PortableEngine:
             logits[i : i + HEAD_ROWS] = matmul(h[i : i + HEAD_ROWS], w.head)
         return logits.reshape(n, t, -1)
 
+    def _swiglu(self, gu: np.ndarray) -> np.ndarray:
+        if self.native:  # the same arithmetic in C (kernel.swiglu)
+            return kernel.swiglu(gu, _SIG, tables.SIG_RANGE, tables.SIG_STEPS)
+        return silu(gu[..., : self.cfg.n_ff]) * gu[..., self.cfg.n_ff :]
+
     def _attend(self, q: np.ndarray, cache: Cache, li: int, end: int) -> np.ndarray:
         """Causal attention of q (n, t, H, D) at positions end-t..end-1 over the cache."""
         cfg = self.cfg
         n, t, H, D = q.shape
         KV = cfg.n_head_kv
         G = H // KV
+        R = t * G
         qq, sq = _quant(q, 127)
         # (n, KV, t*G, D): query rows grouped under their kv head
-        qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, t * G, D)
-        sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, t * G, 1)
+        qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, R, D)
+        sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, R, 1)
         pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
-        sv = cache.sv[li, :, :, :end]  # (n, KV, end)
-        svmax = np.maximum.accumulate(sv, axis=-1)[:, :, pos]  # max over the visible keys
-        if self.native:  # the same arithmetic in C (kernel.softmax_p), without the temporaries
-            acc = kernel.attn_scores(qq.astype(np.int8), cache.k[li], end)
-            p, esum = kernel.softmax_p(acc, sq[..., 0], cache.sk[li], cache.sv[li], svmax, pos,
-                                       self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
-            pv = kernel.attn_values(p, cache.v[li]).astype(np.float64)
-            return self._merge(pv * svmax[..., None] / esum[..., None], n, t, G, D)
+        P, own = cache.base, end - cache.base
+        sh = cache.shared
+        # key and value scales of positions 0..end-1, (n, KV, end)
+        if sh is None:
+            sk, sv = cache.sk[li], cache.sv[li]
+        else:
+            both = lambda a, b: np.concatenate(  # noqa: E731
+                [np.broadcast_to(a[li, :1, :, :P], (n, KV, P)), b[li, :, :, :own]], axis=-1)
+            sk, sv = both(sh.sk, cache.sk), both(sh.sv, cache.sv)
+        svmax = np.maximum.accumulate(sv[..., :end], axis=-1)[:, :, pos]  # max over the visible keys
+        if not self.native:
+            return self._attend_numpy(qq, sq, pos, cache, li, end, sk[..., :end], sv[..., :end], svmax, n, t, G, D)
+        # the same arithmetic in C (kernel.softmax_p), without the temporaries
+        q8 = qq.astype(np.int8)
+        acc = kernel.attn_scores(q8, cache.k[li], own)
+        if sh is not None:  # one pass over the shared keys for the query rows of all streams
+            rows = q8.transpose(1, 0, 2, 3).reshape(1, KV, n * R, D)
+            common = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
+            acc = np.concatenate([common, acc], axis=-1)
+        p, esum = kernel.softmax_p(acc, sq[..., 0], sk, sv, svmax, pos, self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+        pv = kernel.attn_values(p[..., P:] if sh is not None else p, cache.v[li])
+        if sh is not None:  # exact integer sums: splitting them changes nothing
+            rows = p[..., :P].transpose(1, 0, 2, 3).reshape(1, KV, n * R, P)
+            pv = pv + kernel.attn_values(rows, sh.v[li, :1]).reshape(KV, n, R, D).transpose(1, 0, 2, 3)
+        return self._merge(pv.astype(np.float64) * svmax[..., None] / esum[..., None], n, t, G, D)
+
+    def _attend_numpy(self, qq, sq, pos, cache, li, end, sk, sv, svmax, n, t, G, D) -> np.ndarray:
+        keys, values = cache.k[li, :, :, : end - cache.base], cache.v[li, :, :, : end - cache.base]
+        if cache.shared is not None:
+            P, KV = cache.base, keys.shape[1]
+            keys = np.concatenate([np.broadcast_to(cache.shared.k[li, :1, :, :P], (n, KV, P, D)), keys], axis=2)
+            values = np.concatenate([np.broadcast_to(cache.shared.v[li, :1, :, :P], (n, KV, P, D)), values], axis=2)
         # |q.k| <= 64 * 127^2 < 2^24: exact in float32 BLAS
-        keys = cache.k[li, :, :, :end].astype(np.float32)
-        s = (qq.astype(np.float32) @ keys.transpose(0, 1, 3, 2)).astype(np.float64)
-        s = s * sq * cache.sk[li, :, :, None, :end] * self.inv_sqrt_d
+        s = (qq.astype(np.float32) @ keys.astype(np.float32).transpose(0, 1, 3, 2)).astype(np.float64)
+        s = s * sq * sk[:, :, None, :] * self.inv_sqrt_d
         visible = np.arange(end)[None, :] <= pos[:, None]  # (t*G, end)
         s = np.where(visible, s, -np.inf)
         m = s.max(axis=-1, keepdims=True)
@@ -262,7 +326,7 @@ class PortableEngine:
         e = _EXP[d]  # masked entries hit the final 0
         esum = e.sum(axis=-1, keepdims=True)
         p = np.rint(e * (sv[:, :, None, :] / svmax[..., None]))
-        pv = p @ cache.v[li, :, :, :end].astype(np.float64)  # integers below 2^53: exact
+        pv = p @ values.astype(np.float64)  # integers below 2^53: exact
         return self._merge(pv * svmax[..., None] / esum, n, t, G, D)
 
     @staticmethod
@@ -287,7 +351,7 @@ class PortableEngine:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
-        cache = prefix.cache.repeat(1, prefix.n_tokens + len(ids))
+        cache = prefix.cache.branch(self.cfg, 1, len(ids))
         prev = prefix.logits[None]
         for i in range(0, len(ids) - 1, CHUNK):
             out = self.forward(ids[None, i : i + CHUNK][:, : len(ids) - 1 - i], cache)[0]
@@ -302,7 +366,7 @@ class PortableEngine:
 class PortableStepper:
     def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int) -> None:
         self.engine = engine
-        self.cache = prefix.cache.repeat(n, prefix.n_tokens + 64)
+        self.cache = prefix.cache.branch(engine.cfg, n, 64)
         self._logits = np.repeat(prefix.logits[None], n, axis=0)
 
     def logits(self) -> np.ndarray:
@@ -312,6 +376,6 @@ class PortableStepper:
         n = len(ids)
         if n < self._logits.shape[0]:
             self.cache = self.cache.take(n)
-        if self.cache.len >= self.cache.k.shape[3]:
-            self.cache.grow(2 * self.cache.k.shape[3])
+        if self.cache.len >= self.cache.base + self.cache.k.shape[3]:
+            self.cache.grow(self.cache.base + 2 * self.cache.k.shape[3])
         self._logits = self.engine.forward(np.asarray(ids, dtype=np.int64)[:, None], self.cache)[:, 0]

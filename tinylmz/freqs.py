@@ -87,16 +87,27 @@ def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
 
 def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cum, freq) of each row's id: what the encoder needs."""
-    f = frequencies(logits, width)
-    ids = np.asarray(ids, dtype=np.int64)
+    c = cumulative(logits, width)
     rows = np.arange(len(ids))
-    freq = f[rows, ids]
-    cum = np.cumsum(f, axis=1)[rows, ids] - freq
-    return cum, freq
+    ids = np.asarray(ids, dtype=np.int64)
+    cum = c[rows, ids]
+    return cum, c[rows, ids + 1] - cum
 
 
 def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:
-    """Cumulative tables ``[0, f0, f0+f1, ..., TOTAL]``, shape (n, width+1): what the decoder searches."""
+    """Cumulative tables ``[0, f0, f0+f1, ..., TOTAL]``, shape (n, width+1): what the decoder searches.
+
+    The native kernel computes the same integers in one pass when it is available
+    (``kernel.load`` checks it against ``frequencies`` before use).
+    """
+    logits = np.atleast_2d(logits)
+    width = logits.shape[1] if width is None else width
+    if width > TOTAL // 2:
+        raise ValueError(f"vocabulary of {width} ids is too large for a total of 2^{TOTAL_BITS}")
+    from . import kernel
+
+    if kernel.load() is not None:
+        return kernel.freq_cum(logits, width, exp_table(), TOTAL)
     f = frequencies(logits, width)
     c = np.zeros((f.shape[0], f.shape[1] + 1), dtype=np.int64)
     np.cumsum(f, axis=1, out=c[:, 1:])

@@ -1,15 +1,22 @@
-"""An optional native kernel for the portable engine's integer matrix products.
+"""Optional native kernels for the portable engine (and the shared frequency tables).
 
 ``_qgemm.c`` is compiled on first use with the system C compiler (``$CC`` or
-``cc``, ``-O3 -march=native``) into the cache folder, keyed by the source, the
-compiler and the CPU, then checked against numpy on random data before use.
-Its arithmetic is integer, so it returns exactly what the numpy path returns;
-it is only faster and needs 4× less memory for the weights.  Without a
-compiler, or with ``TINYLMZ_NATIVE=0``, the engine uses numpy alone.
+``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags) into the
+cache folder, keyed by the source, the compiler and the CPU, then checked
+against the numpy definitions on random data before use.  The matrix and
+attention products are integer (AVX-512 VNNI or AVX2 where the CPU has them),
+so they are exact on any machine; the few float steps done in C (dequantizing,
+SwiGLU, softmax weights, frequency tables) are the same IEEE operations in the
+same order as numpy's, built with ``-ffp-contract=off``, and the load-time check
+compares them bit for bit.  Threads (OpenMP, or a Python pool for the matrix
+product when the compiler has no OpenMP) split outputs, never sums, so results
+do not depend on the thread count.  Without a compiler, or with
+``TINYLMZ_NATIVE=0``, the engine uses numpy alone: the same numbers, slower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -17,14 +24,20 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import numpy as np
 
 
+_local = threading.local()
+
+
 def threads() -> int:
     """Worker threads for the kernel: ``$TINYLMZ_THREADS`` or the CPUs this process may use."""
+    if getattr(_local, "single", False):
+        return 1
     env = os.environ.get("TINYLMZ_THREADS")
     if env:
         return max(1, int(env))
@@ -32,6 +45,16 @@ def threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS
         return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Kernel calls from this thread use one core (for callers that run work side by side)."""
+    _local.single = True
+    try:
+        yield
+    finally:
+        _local.single = False
 
 
 def _cpu_id() -> str:
@@ -64,7 +87,7 @@ def load():
             with open(c, "wb") as f:
                 f.write(src)
             so = os.path.join(tmp, "qgemm.so")
-            for flags in (["-march=native"], []):
+            for flags in (["-march=native", "-fopenmp"], ["-march=native"], []):
                 # -ffp-contract=off: the float steps of softmax_p must round exactly like numpy's
                 r = subprocess.run([cc, "-O3", *flags, "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
                                     c, "-o", so, "-lm"],
@@ -79,28 +102,62 @@ def load():
     except OSError:
         return None
     fn = lib.qgemm
+    fn.lib = lib
     p = ctypes.c_void_p
     i64 = ctypes.c_int64
+    f64 = ctypes.c_double
     for f in (lib.qgemm, lib.qk, lib.pv):
         f.restype = None
-        f.argtypes = [p, i64, i64, p, i64, i64, i64, p] if f is lib.qgemm else [p, p, i64, i64, i64, i64, i64, p]
-    f64 = ctypes.c_double
+        f.argtypes = [p, i64, i64, p, i64, i64, i64, p, p, p, p] if f is lib.qgemm else [p, p, i64, i64, i64, i64, i64, p]
+    lib.qgemm_mt.restype = None
+    lib.qgemm_mt.argtypes = [p, i64, i64, p, i64, p, p, p, p, i64]
+    lib.qgemm_parallel.restype = i64
+    lib.qk_mt.restype = lib.pv_mt.restype = lib.softmax_p_mt.restype = None
+    lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64]
+    lib.softmax_p_mt.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
+    lib.quant16.restype = lib.swiglu.restype = None
+    lib.quant16.argtypes = [p, i64, i64, f64, p, p]
+    lib.swiglu.argtypes = [p, i64, i64, p, f64, f64, p]
     lib.softmax_p.restype = None
     lib.softmax_p.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p]
+    lib.freq_cum.restype = None
+    lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p]
     rng = np.random.default_rng(3)
     x = rng.integers(-32767, 32768, (9, 1536)).astype(np.int16)
-    x[0] = 32767
+    x[0], x[1] = 32767, -32767
     w = rng.integers(-127, 128, (1031, 1536)).astype(np.int8)
     w[:3] = -127
+    w[3:5] = 127
     want = x.astype(np.int64) @ w.T.astype(np.int64)
     if not all(np.array_equal(_run(fn, x[:n], w, t), want[:n]) for n in (9, 4, 1) for t in (1, 3)):
         return None
-    fn.lib = lib
     q = rng.integers(-127, 128, (2, 3, 5, 64)).astype(np.int8)
     k = rng.integers(-127, 128, (2, 3, 40, 64)).astype(np.int8)
     pr = rng.integers(0, 1 << 16, (2, 3, 5, 30)).astype(np.int32)
     if not (np.array_equal(attn_scores(q, k, 30, lib), q.astype(np.int64) @ k[:, :, :30].transpose(0, 1, 3, 2))
             and np.array_equal(attn_values(pr, k, lib), pr.astype(np.int64) @ k[:, :, :30].astype(np.int64))):
+        return None
+    # The float steps (dequantization, SwiGLU, frequency tables) must match numpy's to the bit:
+    # a compiler that fused or reordered them would break the cross-machine guarantee.
+    from . import engine_portable as ep, freqs, tables
+
+    xf = rng.standard_normal((5, 1536)) * np.array([[1e-3], [1], [30], [0], [7e4]])
+    ws = rng.random(1031) / 127
+    xq, sx = ep._quant(xf, 32767)
+    want = (xq.astype(np.int64) @ w.T.astype(np.int64)).astype(np.float64) * sx * ws
+    if not np.array_equal(qmatmul(xf, w, ws, fn), want):
+        return None
+    gu = np.concatenate([rng.standard_normal((3, 64)) * 9, [[-16.0, 16.0, -17.0, 17.0] * 16]])
+    gu = np.concatenate([gu, rng.standard_normal((4, 64))], axis=1)
+    sig = tables.sigmoid()
+    if not np.array_equal(swiglu(gu, sig, tables.SIG_RANGE, tables.SIG_STEPS, lib), ep.silu(gu[:, :64]) * gu[:, 64:]):
+        return None
+
+    lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
+    lg[1, 5:9] = lg[1].max()  # ties for the maximum
+    lg[2, :3] = (np.nan, np.inf, -np.inf)
+    if not np.array_equal(freq_cum(lg, 703, freqs.exp_table(), freqs.TOTAL, lib),
+                          np.cumsum(np.concatenate([np.zeros((3, 1), np.int64), freqs.frequencies(lg, 703)], 1), 1)):
         return None
     return fn
 
@@ -108,21 +165,30 @@ def load():
 _pool = None
 
 
-def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int) -> np.ndarray:
+def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> np.ndarray:
+    """Exact products (int64), or with scales sx (n,) and ws (N,) the dequantized float64 ones."""
     global _pool
     n, K = x.shape
     N = w.shape[0]
     out = np.empty((n, N), dtype=np.int64)
+    y = None if sx is None else np.empty((n, N), dtype=np.float64)
+    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     args = (x.ctypes.data, n, K, w.ctypes.data)
-    if n_threads <= 1 or N < 256:
-        fn(*args, 0, N, N, out.ctypes.data)
-        return out
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n_threads)
-    bounds = (np.linspace(0, N // 4, n_threads + 1).astype(int) * 4).tolist()
-    bounds[-1] = N
-    list(_pool.map(lambda ab: fn(*args, int(ab[0]), int(ab[1]), N, out.ctypes.data), zip(bounds[:-1], bounds[1:])))
-    return out
+    tail = (N, out.ctypes.data, ptr(sx), ptr(ws), ptr(y))
+    if n_threads <= 1 or n * N * K < 1 << 22:  # small products: a thread hand-off costs more than it saves
+        fn(*args, 0, N, *tail)
+    elif fn.lib.qgemm_parallel():  # OpenMP threads: far cheaper to wake than Python's
+        fn.lib.qgemm_mt(*args, *tail, n_threads)
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=n_threads - 1)
+        bounds = [N // 4 * i // n_threads * 4 for i in range(n_threads)] + [N]  # multiples of 4: whole tiles
+        # the calling thread takes the first share itself: one hand-off fewer per call
+        futures = [_pool.submit(fn, *args, a, b, *tail) for a, b in zip(bounds[1:-1], bounds[2:])]
+        fn(*args, bounds[0], bounds[1], *tail)
+        for f in futures:
+            f.result()
+    return out if y is None else y
 
 
 def qgemm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -130,6 +196,33 @@ def qgemm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     fn = load()
     x = np.ascontiguousarray(x, dtype=np.int16)
     return _run(fn, x, w, threads())
+
+
+def qmatmul(x: np.ndarray, w: np.ndarray, ws: np.ndarray, fn=None) -> np.ndarray:
+    """The engine's ``matmul``: float64 rows x quantized to int16 per row, exact products with
+    int8 rows w, dequantized by the row scales and ``ws`` (float64 (N,)); float64 (n, N)."""
+    fn = fn or load()
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n, K = x.shape
+    q = np.empty((n, K), dtype=np.int16)
+    sx = np.empty(n, dtype=np.float64)
+    fn.lib.quant16(x.ctypes.data, n, K, 32767.0, q.ctypes.data, sx.ctypes.data)
+    return _run(fn, q, w, threads(), sx, np.ascontiguousarray(ws, dtype=np.float64))
+
+
+def swiglu(gu: np.ndarray, table: np.ndarray, rng: float, steps: float, lib=None) -> np.ndarray:
+    """``silu(g) * u`` for rows ``gu = [g | u]`` (float64 (..., 2F)), as engine_portable does it."""
+    lib = lib or load().lib
+    gu = np.ascontiguousarray(gu, dtype=np.float64)
+    F = gu.shape[-1] // 2
+    out = np.empty(gu.shape[:-1] + (F,), dtype=np.float64)
+    lib.swiglu(gu.ctypes.data, gu.size // (2 * F), F, table.ctypes.data, float(rng), float(steps), out.ctypes.data)
+    return out
+
+
+def _nt(work: int) -> int:
+    """Threads for an attention kernel call of about ``work`` operations (1 for small ones)."""
+    return threads() if work >= 1 << 18 else 1
 
 
 def attn_scores(q: np.ndarray, k: np.ndarray, end: int, lib=None) -> np.ndarray:
@@ -141,7 +234,7 @@ def attn_scores(q: np.ndarray, k: np.ndarray, end: int, lib=None) -> np.ndarray:
     s = np.empty((n, H, R, end), dtype=np.int32)
     kstride = k.strides[1]
     assert k.strides[0] == H * kstride  # batches are evenly spaced
-    lib.qk(q.ctypes.data, k.ctypes.data, n * H, R, end, D, kstride, s.ctypes.data)
+    lib.qk_mt(q.ctypes.data, k.ctypes.data, n * H, R, end, D, kstride, s.ctypes.data, _nt(n * H * R * end * D))
     return s
 
 
@@ -153,7 +246,7 @@ def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
     assert D <= 256 and v.strides[-1] == 1 and v.strides[-2] == D and v.strides[0] == H * v.strides[1]
     p = np.ascontiguousarray(p, dtype=np.int32)
     o = np.empty((n, H, R, D), dtype=np.int64)
-    lib.pv(p.ctypes.data, v.ctypes.data, n * H, R, T, D, v.strides[1], o.ctypes.data)
+    lib.pv_mt(p.ctypes.data, v.ctypes.data, n * H, R, T, D, v.strides[1], o.ctypes.data, _nt(n * H * R * T * D))
     return o
 
 
@@ -174,7 +267,19 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     table = np.ascontiguousarray(table, dtype=np.int64)
     p = np.empty((n, H, R, T), dtype=np.int32)
     esum = np.empty((n, H, R), dtype=np.int64)
-    lib.softmax_p(acc.ctypes.data, sq.ctypes.data, sk.ctypes.data, sv.ctypes.data, svmax.ctypes.data,
-                  pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
-                  table.ctypes.data, len(table), p.ctypes.data, esum.ctypes.data)
+    lib.softmax_p_mt(acc.ctypes.data, sq.ctypes.data, sk.ctypes.data, sv.ctypes.data, svmax.ctypes.data,
+                     pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
+                     table.ctypes.data, len(table), p.ctypes.data, esum.ctypes.data, _nt(n * H * R * T * 16))
     return p, esum
+
+
+def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=None) -> np.ndarray:
+    """Cumulative frequency tables (n, width + 1) of float32 logits (n, V): ``freqs.cumulative``."""
+    lib = lib or load().lib
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    n, V = x.shape
+    cum = np.empty((n, width + 1), dtype=np.int64)
+    fixed = np.empty(V, dtype=np.int32)
+    lib.freq_cum(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, fixed.ctypes.data,
+                 cum.ctypes.data)
+    return cum

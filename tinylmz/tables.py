@@ -11,6 +11,8 @@ from __future__ import annotations
 import decimal
 import functools
 
+import threading
+
 import numpy as np
 
 _CTX = decimal.Context(prec=50, rounding=decimal.ROUND_HALF_EVEN)
@@ -92,9 +94,16 @@ class Rope:
         self._z = [(one, 0) for _ in range(half)]
         self.cos = np.ones((0, half))
         self.sin = np.zeros((0, half))
+        self._lock = threading.Lock()
 
     def ensure(self, n: int) -> None:
-        """Make the tables cover positions 0..n-1."""
+        """Make the tables cover positions 0..n-1 (thread-safe: encoders run segments side by side)."""
+        if self.cos.shape[0] >= n:
+            return
+        with self._lock:
+            self._extend(n)
+
+    def _extend(self, n: int) -> None:
         have = self.cos.shape[0]
         if have >= n:
             return
@@ -107,5 +116,6 @@ class Rope:
                 cos[p, i] = zc / one
                 sin[p, i] = zs / one
                 self._z[i] = ((zc * sc - zs * ss) >> ROPE_BITS, (zc * ss + zs * sc) >> ROPE_BITS)
-        self.cos = np.concatenate([self.cos, cos])
+        # sin first: a reader checks cos's length, so it never sees a short sin
         self.sin = np.concatenate([self.sin, sin])
+        self.cos = np.concatenate([self.cos, cos])
