@@ -152,13 +152,18 @@ int64_t qgemm_parallel(void)
 #endif
 }
 
+#ifdef _OPENMP
+#define PRAGMA(x) _Pragma(#x)
+#define PARALLEL_FOR(nt) PRAGMA(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+#else
+#define PARALLEL_FOR(nt)
+#endif
+
 void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
               const double *sx, const double *ws, double *y, int64_t nt)
 {
     int64_t tiles = N / TC;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
+    PARALLEL_FOR(nt)
     for (int64_t c = 0; c < nt; c++) {
         int64_t j0 = tiles * c / nt * TC, j1 = c == nt - 1 ? N : tiles * (c + 1) / nt * TC;
         qgemm(x, n, K, w, j0, j1, N, out, sx, ws, y);
@@ -427,46 +432,35 @@ void freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const in
 
 /* Threaded forms of qk, pv and softmax_p (OpenMP when available, else serial): tasks are
  * whole batches when there are enough of them, otherwise row ranges of each batch.  Each
- * task computes its own outputs with the functions above, so nt never changes a result. */
-#define TASKS(B, R, nt) ((B) >= 2 * (nt) || (R) < (nt) ? 1 : (nt))
+ * task computes its own outputs with the functions above, so nt never changes a result.
+ * FOR_TASKS runs `body` once per task with b (the batch) and r0..r1 (its rows) set. */
+#define FOR_TASKS(B, R, nt, body)                                                         \
+    do {                                                                                  \
+        int64_t rc_ = (B) >= 2 * (nt) || (R) < (nt) ? 1 : (nt);                           \
+        PARALLEL_FOR(nt)                                                                  \
+        for (int64_t t_ = 0; t_ < (B) * rc_; t_++) {                                      \
+            int64_t b = t_ / rc_, r0 = (R) * (t_ % rc_) / rc_, r1 = (R) * (t_ % rc_ + 1) / rc_; \
+            body;                                                                         \
+        }                                                                                 \
+    } while (0)
 
 void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
            int64_t kstride, int32_t *s, int64_t nt)
 {
-    int64_t rc = TASKS(B, R, nt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
-    for (int64_t task = 0; task < B * rc; task++) {
-        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc;
-        qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + (b * R + r0) * T);
-    }
+    FOR_TASKS(B, R, nt, qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + (b * R + r0) * T));
 }
 
 void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
            int64_t vstride, int64_t *o, int64_t nt)
 {
-    int64_t rc = TASKS(B, R, nt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
-    for (int64_t task = 0; task < B * rc; task++) {
-        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc;
-        pv(p + (b * R + r0) * T, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D);
-    }
+    FOR_TASKS(B, R, nt, pv(p + (b * R + r0) * T, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D));
 }
 
 void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk, const double *sv,
                   const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
                   double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
 {
-    int64_t rc = TASKS(B, R, nt);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-#endif
-    for (int64_t task = 0; task < B * rc; task++) {
-        int64_t b = task / rc, c = task % rc, r0 = R * c / rc, r1 = R * (c + 1) / rc, i = b * R + r0;
-        softmax_p(acc + i * T, sq + i, sk + b * stride, sv + b * stride, svmax + i, pos + r0, 1, r1 - r0, T,
-                  stride, inv, steps, table, L, p + i * T, esum + i);
-    }
+    FOR_TASKS(B, R, nt, int64_t i = b * R + r0;
+              softmax_p(acc + i * T, sq + i, sk + b * stride, sv + b * stride, svmax + i, pos + r0, 1, r1 - r0, T,
+                        stride, inv, steps, table, L, p + i * T, esum + i));
 }
