@@ -218,14 +218,15 @@ void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, d
  *   pv: o[b][r][d] = sum_j p[b][r][j] * v[b][j][d]     p int32 (<= 2^16), v int8; int64
  *
  * k and v are read with a stride per batch (the cache's capacity), so the
- * cache is used in place without copies.
+ * cache is used in place without copies; rows of s and p have a stride ld (>= T),
+ * so scores can be written into, and weights read from, part of a wider row.
  */
 #include <stdlib.h>
 
 /* Dot products of int8 vectors of length D stay below D * 127^2 < 2^31 for D <= 2^17, so
  * int32 is exact everywhere here.  The SIMD paths widen to int16 and use the same mac() as
  * the matrix product; 4 query rows share each key's loads. */
-static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s)
+static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s, int64_t ld)
 {
 #if VEC > 1
     acc_t kv[256 / VEC];
@@ -238,17 +239,17 @@ static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, 
                 acc_t a = acc_zero();
                 for (int64_t c = 0; c < D / VEC; c++)
                     a = mac(a, load_x(q16 + r * D + c * VEC), kv[c]);
-                s[r * T + j] = (int32_t)acc_sum(a);
+                s[r * ld + j] = (int32_t)acc_sum(a);
             }
         }
     }
 #else
-    (void)q16; (void)kb; (void)R; (void)T; (void)D; (void)s;
+    (void)q16; (void)kb; (void)R; (void)T; (void)D; (void)s; (void)ld;
 #endif
 }
 
 void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
-        int64_t kstride, int32_t *s)
+        int64_t kstride, int32_t *s, int64_t ld)
 {
     int simd = VEC > 1 && D % VEC == 0 && D <= 256;
     int16_t *q16 = simd ? malloc(sizeof(int16_t) * R * D) : NULL;
@@ -259,12 +260,12 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
         if (simd) {
             for (int64_t i = 0; i < R * D; i++)
                 q16[i] = q[b * R * D + i];
-            qk_rows(q16, kb, R, T, D, s + b * R * T);
+            qk_rows(q16, kb, R, T, D, s + b * R * ld, ld);
             continue;
         }
         for (int64_t r = 0; r < R; r++) {
             const int8_t *qr = q + (b * R + r) * D;
-            int32_t *sr = s + (b * R + r) * T;
+            int32_t *sr = s + (b * R + r) * ld;
             for (int64_t j = 0; j < T; j++) {
                 const int8_t *kj = kb + j * D;
                 int32_t acc = 0;
@@ -281,13 +282,13 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
  * 128 keys, added into int64.  4 query rows share each value row's loads; a key whose weight
  * is 0 in all of them is skipped. */
 void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
-        int64_t vstride, int64_t *o)
+        int64_t vstride, int64_t *o, int64_t ld)
 {
     for (int64_t b = 0; b < B; b++) {
         const int8_t *vb = v + b * vstride;
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
             int64_t rn = R - r0 < 4 ? R - r0 : 4;
-            const int32_t *pr = p + (b * R + r0) * T;
+            const int32_t *pr = p + (b * R + r0) * ld;
             int64_t acc[4][256];
             int32_t part[4][256];
             for (int64_t r = 0; r < rn; r++)
@@ -302,7 +303,7 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                     const int8_t *vj = vb + j * D;
                     int32_t any = 0;
                     for (int64_t r = 0; r < rn; r++)
-                        any |= pr[r * T + j];
+                        any |= pr[r * ld + j];
                     if (!any)
                         continue;
 #if defined(__AVX512F__)
@@ -312,7 +313,7 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                         __m512i v2 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 32)));
                         __m512i v3 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 48)));
                         for (int64_t r = 0; r < rn; r++) {
-                            __m512i pj = _mm512_set1_epi32(pr[r * T + j]);
+                            __m512i pj = _mm512_set1_epi32(pr[r * ld + j]);
                             int32_t *pt = part[r];
                             _mm512_storeu_si512(pt, _mm512_add_epi32(_mm512_loadu_si512(pt), _mm512_mullo_epi32(pj, v0)));
                             _mm512_storeu_si512(pt + 16, _mm512_add_epi32(_mm512_loadu_si512(pt + 16), _mm512_mullo_epi32(pj, v1)));
@@ -323,7 +324,7 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                     }
 #endif
                     for (int64_t r = 0; r < rn; r++) {
-                        int32_t pj = pr[r * T + j];
+                        int32_t pj = pr[r * ld + j];
                         for (int64_t d = 0; d < D; d++)
                             part[r][d] += pj * (int32_t)vj[d];
                     }
@@ -354,8 +355,20 @@ void softmax_p(const int32_t *acc, const double *sq, const double *sk, const dou
                const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
                double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum)
 {
+    /* s of a row, and sv[j] / svmax of the last svmax seen (rows mostly share it): the same
+     * IEEE results as computing them in place, computed once. */
+    double *sbuf = malloc(sizeof(double) * (T > 0 ? T : 1)), *ratio = malloc(sizeof(double) * (T > 0 ? T : 1));
+    if (!sbuf || !ratio) {
+        free(sbuf);
+        free(ratio);
+        for (int64_t i = 0; i < B * R; i++) /* the caller's check (esum > 0) turns this into an error */
+            esum[i] = 0;
+        return;
+    }
     for (int64_t b = 0; b < B; b++) {
         const double *skb = sk + b * stride, *svb = sv + b * stride;
+        int64_t have = 0; /* ratio[j] valid for j < have, for svmax ratio_sm */
+        double ratio_sm = 0;
         for (int64_t r = 0; r < R; r++) {
             const int32_t *ar = acc + (b * R + r) * T;
             int32_t *pr = p + (b * R + r) * T;
@@ -363,22 +376,31 @@ void softmax_p(const int32_t *acc, const double *sq, const double *sk, const dou
             double qs = sq[b * R + r], m = -INFINITY, sm = svmax[b * R + r];
             for (int64_t j = 0; j < vis; j++) {
                 double s = (((double)ar[j] * qs) * skb[j]) * inv;
+                sbuf[j] = s;
                 if (s > m)
                     m = s;
             }
+            if (sm != ratio_sm)
+                have = 0;
+            for (int64_t j = have; j < vis; j++)
+                ratio[j] = svb[j] / sm;
+            if (vis > have)
+                have = vis;
+            ratio_sm = sm;
             int64_t total = 0;
             for (int64_t j = 0; j < vis; j++) {
-                double s = (((double)ar[j] * qs) * skb[j]) * inv;
-                double d = nearbyint((m - s) * steps);
+                double d = nearbyint((m - sbuf[j]) * steps);
                 int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
                 total += e;
-                pr[j] = (int32_t)nearbyint((double)e * (svb[j] / sm));
+                pr[j] = (int32_t)nearbyint((double)e * ratio[j]);
             }
             for (int64_t j = vis; j < T; j++)
                 pr[j] = 0;
             esum[b * R + r] = total;
         }
     }
+    free(sbuf);
+    free(ratio);
 }
 
 /* Cumulative frequency tables, exactly as freqs.frequencies + cumsum (read its docstring).
@@ -445,15 +467,15 @@ void freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const in
     } while (0)
 
 void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
-           int64_t kstride, int32_t *s, int64_t nt)
+           int64_t kstride, int32_t *s, int64_t sb, int64_t ld, int64_t nt)
 {
-    FOR_TASKS(B, R, nt, qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + (b * R + r0) * T));
+    FOR_TASKS(B, R, nt, qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + b * sb + r0 * ld, ld));
 }
 
 void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
-           int64_t vstride, int64_t *o, int64_t nt)
+           int64_t vstride, int64_t *o, int64_t pb, int64_t ld, int64_t nt)
 {
-    FOR_TASKS(B, R, nt, pv(p + (b * R + r0) * T, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D));
+    FOR_TASKS(B, R, nt, pv(p + b * pb + r0 * ld, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D, ld));
 }
 
 void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk, const double *sv,

@@ -297,16 +297,21 @@ class PortableEngine:
             return self._attend_numpy(qq, sq, pos, cache, li, end, sk[..., :end], sv[..., :end], svmax, n, t, G, D)
         # the same arithmetic in C (kernel.softmax_p), without the temporaries
         q8 = qq.astype(np.int8)
-        acc = kernel.attn_scores(q8, cache.k[li], own)
-        if sh is not None:  # one pass over the shared keys for the query rows of all streams
+        acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1
+        kernel.attn_scores(q8, cache.k[li], own, out=acc[..., P:])
+        if sh is not None and n == 1:
+            kernel.attn_scores(q8, sh.k[li, :1], P, out=acc[..., :P])
+        elif sh is not None:  # one pass over the shared keys for the query rows of all streams
             rows = q8.transpose(1, 0, 2, 3).reshape(1, KV, n * R, D)
-            common = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
-            acc = np.concatenate([common, acc], axis=-1)
+            acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
         p, esum = kernel.softmax_p(acc, sq[..., 0], sk, sv, svmax, pos, self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
-        pv = kernel.attn_values(p[..., P:] if sh is not None else p, cache.v[li])
-        if sh is not None:  # exact integer sums: splitting them changes nothing
+        pv = kernel.attn_values(p[..., P:], cache.v[li])
+        # exact integer sums: splitting them between shared and own keys changes nothing
+        if sh is not None and n == 1:
+            pv += kernel.attn_values(p[..., :P], sh.v[li, :1])
+        elif sh is not None:
             rows = p[..., :P].transpose(1, 0, 2, 3).reshape(1, KV, n * R, P)
-            pv = pv + kernel.attn_values(rows, sh.v[li, :1]).reshape(KV, n, R, D).transpose(1, 0, 2, 3)
+            pv += kernel.attn_values(rows, sh.v[li, :1]).reshape(KV, n, R, D).transpose(1, 0, 2, 3)
         return self._merge(pv.astype(np.float64) * svmax[..., None] / esum[..., None], n, t, G, D)
 
     def _attend_numpy(self, qq, sq, pos, cache, li, end, sk, sv, svmax, n, t, G, D) -> np.ndarray:

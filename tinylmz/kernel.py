@@ -113,7 +113,7 @@ def load():
     lib.qgemm_mt.argtypes = [p, i64, i64, p, i64, p, p, p, p, i64]
     lib.qgemm_parallel.restype = i64
     lib.qk_mt.restype = lib.pv_mt.restype = lib.softmax_p_mt.restype = None
-    lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64]
+    lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64, i64, i64]
     lib.softmax_p_mt.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
     lib.quant16.restype = lib.swiglu.restype = None
     lib.quant16.argtypes = [p, i64, i64, f64, p, p]
@@ -225,28 +225,40 @@ def _nt(work: int) -> int:
     return threads() if work >= 1 << 18 else 1
 
 
-def attn_scores(q: np.ndarray, k: np.ndarray, end: int, lib=None) -> np.ndarray:
-    """Integer ``q @ k[..., :end, :].T`` per batch: q int8 (n, H, R, D), k int8 (n, H, cap, D) → int32."""
+def attn_scores(q: np.ndarray, k: np.ndarray, end: int, lib=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Integer ``q @ k[..., :end, :].T`` per batch: q int8 (n, H, R, D), k int8 (n, H, cap, D) → int32.
+
+    ``out``: an int32 (n, H, R, end) array or view (rows may be parts of wider rows) to write into.
+    """
     lib = lib or load().lib
     n, H, R, D = q.shape
     assert k.shape[:2] == (n, H) and k.shape[3] == D and k.strides[-1] == 1 and k.strides[-2] == D
     q = np.ascontiguousarray(q)
-    s = np.empty((n, H, R, end), dtype=np.int32)
+    s = np.empty((n, H, R, end), dtype=np.int32) if out is None else out
+    assert s.shape == (n, H, R, end) and s.dtype == np.int32 and s.strides[-1] == 4
+    assert s.strides[0] == H * s.strides[1] and s.strides[1] == R * s.strides[2]
     kstride = k.strides[1]
     assert k.strides[0] == H * kstride  # batches are evenly spaced
-    lib.qk_mt(q.ctypes.data, k.ctypes.data, n * H, R, end, D, kstride, s.ctypes.data, _nt(n * H * R * end * D))
+    lib.qk_mt(q.ctypes.data, k.ctypes.data, n * H, R, end, D, kstride, s.ctypes.data, s.strides[1] // 4,
+              s.strides[2] // 4, _nt(n * H * R * end * D))
     return s
 
 
 def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
-    """Integer ``p @ v[..., :T, :]`` per batch: p int32 (n, H, R, T), v int8 (n, H, cap, D) → int64."""
+    """Integer ``p @ v[..., :T, :]`` per batch: p int32 (n, H, R, T), v int8 (n, H, cap, D) → int64.
+
+    p may be a view whose rows are parts of wider rows (read in place).
+    """
     lib = lib or load().lib
     n, H, R, T = p.shape
     D = v.shape[3]
     assert D <= 256 and v.strides[-1] == 1 and v.strides[-2] == D and v.strides[0] == H * v.strides[1]
-    p = np.ascontiguousarray(p, dtype=np.int32)
+    if not (p.dtype == np.int32 and p.strides[-1] == 4 and p.strides[0] == H * p.strides[1]
+            and p.strides[1] == R * p.strides[2]):
+        p = np.ascontiguousarray(p, dtype=np.int32)
     o = np.empty((n, H, R, D), dtype=np.int64)
-    lib.pv_mt(p.ctypes.data, v.ctypes.data, n * H, R, T, D, v.strides[1], o.ctypes.data, _nt(n * H * R * T * D))
+    lib.pv_mt(p.ctypes.data, v.ctypes.data, n * H, R, T, D, v.strides[1], o.ctypes.data, p.strides[1] // 4,
+              p.strides[2] // 4, _nt(n * H * R * T * D))
     return o
 
 
@@ -270,6 +282,8 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     lib.softmax_p_mt(acc.ctypes.data, sq.ctypes.data, sk.ctypes.data, sv.ctypes.data, svmax.ctypes.data,
                      pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
                      table.ctypes.data, len(table), p.ctypes.data, esum.ctypes.data, _nt(n * H * R * T * 16))
+    if R and not esum.all():  # every row sees at least its own key (weight 2^30): 0 means malloc failed
+        raise MemoryError("out of memory in the attention kernel")
     return p, esum
 
 
