@@ -260,6 +260,12 @@ def test_block_size_option(tmp_path, tiny_model):
 # --- info and test --------------------------------------------------------------------------
 
 
+def test_cli_and_api_share_the_default_segment_length():
+    from tinylmz import codec
+
+    assert cli.DEFAULT_SEGMENT_TOKENS == codec.DEFAULT_SEGMENT_TOKENS
+
+
 def test_info_json(tmp_path, tiny_model, good):
     raw, data = good
     f = tmp_path / "g.tlmz"
@@ -269,7 +275,7 @@ def test_info_json(tmp_path, tiny_model, good):
     d = json.loads(r.out)
     assert d["model"]["name"] == "tiny.gguf" and len(d["model"]["sha256"]) == 64
     assert d["engine"]["name"] == "portable"
-    assert d["block_size"] == 256 and d["segment_tokens"] == 1024
+    assert d["block_size"] == 256 and d["segment_tokens"] == cli.DEFAULT_SEGMENT_TOKENS
     assert d["original_size"] == len(raw) and d["compressed_size"] == len(data)
     assert d["original_crc32"] == f"{zlib.crc32(raw):08x}"
     assert d["bits_per_byte"] == pytest.approx(8 * len(data) / len(raw))

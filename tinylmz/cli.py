@@ -42,6 +42,9 @@ _ABORTS = tuple({typer.Abort, getattr(_cx, "Abort", typer.Abort)})
 from . import __version__, safeio
 from .errors import FormatError, TinylmzError
 
+# codec.DEFAULT_SEGMENT_TOKENS, repeated so that --help needs no numpy (a test keeps them equal)
+DEFAULT_SEGMENT_TOKENS = 2048
+
 SUFFIX = ".tlmz"
 COPY_CHUNK = 1 << 20
 
@@ -331,7 +334,7 @@ def compress_cmd(
         "Memory use is bounded by it.")] = "64K",
     segment_tokens: Annotated[int, typer.Option(
         "--segment-tokens", "-s", min=1, metavar="N", help="Tokens per independently coded stream inside a block "
-        "(longer: better compression, slower).")] = 1024,
+        "(longer: better compression, slower).")] = DEFAULT_SEGMENT_TOKENS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
         "Print the model, engine, sizes, bits per byte, the model's cross-entropy and the coding overhead "
         "(stderr)."))] = False,
