@@ -10,6 +10,15 @@
 #include <math.h>
 #include <stdint.h>
 
+/* Threads split outputs, never sums (OpenMP when the compiler has it, else one thread). */
+#ifdef _OPENMP
+#define PRAGMA(x) _Pragma(#x)
+#define PARALLEL_FOR(nt) PRAGMA(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+#else
+#define PARALLEL_FOR(nt)
+#endif
+
+
 /* Blocks of KB products are summed in int32, then added into int64.  Every
  * product is at most 32767 * 127 < 2^22 in magnitude (|x| <= 32767: the engine
  * quantizes to +-32767, never -32768).  An int32 lane therefore holds at most
@@ -152,13 +161,6 @@ int64_t qgemm_parallel(void)
 #endif
 }
 
-#ifdef _OPENMP
-#define PRAGMA(x) _Pragma(#x)
-#define PARALLEL_FOR(nt) PRAGMA(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
-#else
-#define PARALLEL_FOR(nt)
-#endif
-
 void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
               const double *sx, const double *ws, double *y, int64_t nt)
 {
@@ -294,6 +296,41 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
             for (int64_t r = 0; r < rn; r++)
                 for (int64_t d = 0; d < D; d++)
                     acc[r][d] = 0;
+#if defined(__AVX512F__)
+            if (D == 64 && rn == 4) { /* the common shape: 4 rows x 64 in 16 registers */
+                for (int64_t j0 = 0; j0 < T; j0 += 128) {
+                    int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
+                    __m512i a[4][4];
+                    for (int r = 0; r < 4; r++)
+                        for (int c = 0; c < 4; c++)
+                            a[r][c] = _mm512_setzero_si512();
+                    for (int64_t j = j0; j < j1; j++) {
+                        int32_t pj[4] = {pr[j], pr[ld + j], pr[2 * ld + j], pr[3 * ld + j]};
+                        if (!(pj[0] | pj[1] | pj[2] | pj[3]))
+                            continue;
+                        const int8_t *vj = vb + j * D;
+                        __m512i vv[4];
+                        for (int c = 0; c < 4; c++)
+                            vv[c] = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 16 * c)));
+                        for (int r = 0; r < 4; r++) {
+                            __m512i pb = _mm512_set1_epi32(pj[r]);
+                            for (int c = 0; c < 4; c++)
+                                a[r][c] = _mm512_add_epi32(a[r][c], _mm512_mullo_epi32(pb, vv[c]));
+                        }
+                    }
+                    for (int r = 0; r < 4; r++)
+                        for (int c = 0; c < 4; c++) {
+                            _mm512_storeu_si512(part[r] + 16 * c, a[r][c]);
+                            for (int i = 0; i < 16; i++)
+                                acc[r][16 * c + i] += part[r][16 * c + i];
+                        }
+                }
+                for (int64_t r = 0; r < 4; r++)
+                    for (int64_t d = 0; d < 64; d++)
+                        o[(b * R + r0 + r) * D + d] = acc[r][d];
+                continue;
+            }
+#endif
             for (int64_t j0 = 0; j0 < T; j0 += 128) {
                 int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
                 for (int64_t r = 0; r < rn; r++)
@@ -410,11 +447,13 @@ void softmax_p(const int32_t *acc, const double *sq, const double *sk, const dou
  * default rounding mode, as numpy's rint); everything after is integer.
  */
 void freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
-              int64_t L, int64_t total, int32_t *fixed, int64_t *cum)
+              int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
 {
     const float limit = 16777216.0f; /* 2^24, freqs.LIMIT */
+    PARALLEL_FOR(nt)
     for (int64_t i = 0; i < n; i++) {
         const float *lr = logits + i * V;
+        int32_t *fixed = fixed_rows + i * V; /* rows are independent: a scratch row each */
         int64_t *c = cum + i * (width + 1);
         int32_t top = INT32_MIN;
         int64_t arg = 0;

@@ -121,7 +121,7 @@ def load():
     lib.softmax_p.restype = None
     lib.softmax_p.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p]
     lib.freq_cum.restype = None
-    lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p]
+    lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, i64]
     rng = np.random.default_rng(3)
     x = rng.integers(-32767, 32768, (9, 1536)).astype(np.int16)
     x[0], x[1] = 32767, -32767
@@ -293,7 +293,7 @@ def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     cum = np.empty((n, width + 1), dtype=np.int64)
-    fixed = np.empty(V, dtype=np.int32)
+    fixed = np.empty((n, V), dtype=np.int32)
     lib.freq_cum(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, fixed.ctypes.data,
-                 cum.ctypes.data)
+                 cum.ctypes.data, _nt(n * V * 8))
     return cum
