@@ -12,9 +12,12 @@
 
 /* Threads split outputs, never sums (OpenMP when the compiler has it, else one thread). */
 #ifdef _OPENMP
+#include <omp.h>
+static inline int64_t omp_thread(void) { return omp_get_thread_num(); }
 #define PRAGMA(x) _Pragma(#x)
 #define PARALLEL_FOR(nt) PRAGMA(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
 #else
+static inline int64_t omp_thread(void) { return 0; }
 #define PARALLEL_FOR(nt)
 #endif
 
@@ -297,7 +300,7 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                 for (int64_t d = 0; d < D; d++)
                     acc[r][d] = 0;
 #if defined(__AVX512F__)
-            if (D == 64 && rn == 4) { /* the common shape: 4 rows x 64 in 16 registers */
+            if (D == 64) { /* the common head size: 4 rows x 64 in 16 registers (missing rows weigh 0) */
                 for (int64_t j0 = 0; j0 < T; j0 += 128) {
                     int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
                     __m512i a[4][4];
@@ -305,7 +308,9 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                         for (int c = 0; c < 4; c++)
                             a[r][c] = _mm512_setzero_si512();
                     for (int64_t j = j0; j < j1; j++) {
-                        int32_t pj[4] = {pr[j], pr[ld + j], pr[2 * ld + j], pr[3 * ld + j]};
+                        int32_t pj[4] = {0, 0, 0, 0};
+                        for (int64_t r = 0; r < rn; r++)
+                            pj[r] = pr[r * ld + j];
                         if (!(pj[0] | pj[1] | pj[2] | pj[3]))
                             continue;
                         const int8_t *vj = vb + j * D;
@@ -318,14 +323,14 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                                 a[r][c] = _mm512_add_epi32(a[r][c], _mm512_mullo_epi32(pb, vv[c]));
                         }
                     }
-                    for (int r = 0; r < 4; r++)
+                    for (int r = 0; r < rn; r++)
                         for (int c = 0; c < 4; c++) {
                             _mm512_storeu_si512(part[r] + 16 * c, a[r][c]);
                             for (int i = 0; i < 16; i++)
                                 acc[r][16 * c + i] += part[r][16 * c + i];
                         }
                 }
-                for (int64_t r = 0; r < 4; r++)
+                for (int64_t r = 0; r < rn; r++)
                     for (int64_t d = 0; d < 64; d++)
                         o[(b * R + r0 + r) * D + d] = acc[r][d];
                 continue;
@@ -343,23 +348,6 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
                         any |= pr[r * ld + j];
                     if (!any)
                         continue;
-#if defined(__AVX512F__)
-                    if (D == 64) {
-                        __m512i v0 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)vj));
-                        __m512i v1 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 16)));
-                        __m512i v2 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 32)));
-                        __m512i v3 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 48)));
-                        for (int64_t r = 0; r < rn; r++) {
-                            __m512i pj = _mm512_set1_epi32(pr[r * ld + j]);
-                            int32_t *pt = part[r];
-                            _mm512_storeu_si512(pt, _mm512_add_epi32(_mm512_loadu_si512(pt), _mm512_mullo_epi32(pj, v0)));
-                            _mm512_storeu_si512(pt + 16, _mm512_add_epi32(_mm512_loadu_si512(pt + 16), _mm512_mullo_epi32(pj, v1)));
-                            _mm512_storeu_si512(pt + 32, _mm512_add_epi32(_mm512_loadu_si512(pt + 32), _mm512_mullo_epi32(pj, v2)));
-                            _mm512_storeu_si512(pt + 48, _mm512_add_epi32(_mm512_loadu_si512(pt + 48), _mm512_mullo_epi32(pj, v3)));
-                        }
-                        continue;
-                    }
-#endif
                     for (int64_t r = 0; r < rn; r++) {
                         int32_t pj = pr[r * ld + j];
                         for (int64_t d = 0; d < D; d++)
@@ -377,67 +365,54 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
     }
 }
 
-/* Integer scores -> integer attention weights, exactly as engine_portable._attend does it in numpy
+/* Integer scores -> integer attention weights, exactly as engine_portable._attend_numpy does it
  * (same IEEE double operations in the same order; build with -ffp-contract=off so that no
- * multiply-add is fused).  For batch b, query row r at position pos[r], keys j < T, key j visible
+ * multiply-add is fused).  For query row r at position pos[r], keys j < T, key j visible
  * when j <= pos[r]:
- *     s      = ((acc * sq[b][r]) * sk[b][j]) * inv
+ *     s      = ((acc * sq[r]) * sk[j]) * inv
  *     d      = min(rint((max_visible(s) - s) * steps), L - 1)
  *     e      = table[d]                        (0 for invisible keys)
- *     p      = rint(e * (sv[b][j] / svmax[b][r]))
+ *     p      = rint(e * (sv[j] / svmax[r]))
  *     esum   = sum_j e
- * sk and sv are read with a stride per batch (the cache's capacity).
+ * The scales of keys j < P come from sk0/sv0 (a shared prefix), the others from sk/sv at j - P,
+ * so a shared context's scales are read in place, never copied per stream.
  */
-void softmax_p(const int32_t *acc, const double *sq, const double *sk, const double *sv,
-               const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
-               double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum)
+static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
+                         const double *sk, const double *sv, const double *svmax, const int64_t *pos, int64_t R,
+                         int64_t T, double inv, double steps, const int64_t *table, int64_t L, int32_t *p,
+                         int64_t *esum, double *sbuf, double *ratio)
 {
-    /* s of a row, and sv[j] / svmax of the last svmax seen (rows mostly share it): the same
-     * IEEE results as computing them in place, computed once. */
-    double *sbuf = malloc(sizeof(double) * (T > 0 ? T : 1)), *ratio = malloc(sizeof(double) * (T > 0 ? T : 1));
-    if (!sbuf || !ratio) {
-        free(sbuf);
-        free(ratio);
-        for (int64_t i = 0; i < B * R; i++) /* the caller's check (esum > 0) turns this into an error */
-            esum[i] = 0;
-        return;
-    }
-    for (int64_t b = 0; b < B; b++) {
-        const double *skb = sk + b * stride, *svb = sv + b * stride;
-        int64_t have = 0; /* ratio[j] valid for j < have, for svmax ratio_sm */
-        double ratio_sm = 0;
-        for (int64_t r = 0; r < R; r++) {
-            const int32_t *ar = acc + (b * R + r) * T;
-            int32_t *pr = p + (b * R + r) * T;
-            int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T;
-            double qs = sq[b * R + r], m = -INFINITY, sm = svmax[b * R + r];
-            for (int64_t j = 0; j < vis; j++) {
-                double s = (((double)ar[j] * qs) * skb[j]) * inv;
-                sbuf[j] = s;
-                if (s > m)
-                    m = s;
-            }
-            if (sm != ratio_sm)
-                have = 0;
-            for (int64_t j = have; j < vis; j++)
-                ratio[j] = svb[j] / sm;
-            if (vis > have)
-                have = vis;
-            ratio_sm = sm;
-            int64_t total = 0;
-            for (int64_t j = 0; j < vis; j++) {
-                double d = nearbyint((m - sbuf[j]) * steps);
-                int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
-                total += e;
-                pr[j] = (int32_t)nearbyint((double)e * ratio[j]);
-            }
-            for (int64_t j = vis; j < T; j++)
-                pr[j] = 0;
-            esum[b * R + r] = total;
+    int64_t have = 0; /* ratio[j] = sv[j] / ratio_sm is valid for j < have (rows mostly share svmax) */
+    double ratio_sm = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const int32_t *ar = acc + r * T;
+        int32_t *pr = p + r * T;
+        int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T, shared = vis < P ? vis : P;
+        double qs = sq[r], m = -INFINITY, sm = svmax[r];
+        for (int64_t j = 0; j < vis; j++) {
+            double s = (((double)ar[j] * qs) * (j < shared ? sk0[j] : sk[j - P])) * inv;
+            sbuf[j] = s;
+            if (s > m)
+                m = s;
         }
+        if (sm != ratio_sm)
+            have = 0;
+        for (int64_t j = have; j < vis; j++)
+            ratio[j] = (j < shared ? sv0[j] : sv[j - P]) / sm;
+        if (vis > have)
+            have = vis;
+        ratio_sm = sm;
+        int64_t total = 0;
+        for (int64_t j = 0; j < vis; j++) {
+            double d = nearbyint((m - sbuf[j]) * steps);
+            int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
+            total += e;
+            pr[j] = (int32_t)nearbyint((double)e * ratio[j]);
+        }
+        for (int64_t j = vis; j < T; j++)
+            pr[j] = 0;
+        esum[r] = total;
     }
-    free(sbuf);
-    free(ratio);
 }
 
 /* Cumulative frequency tables, exactly as freqs.frequencies + cumsum (read its docstring).
@@ -517,11 +492,24 @@ void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, i
     FOR_TASKS(B, R, nt, pv(p + b * pb + r0 * ld, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D, ld));
 }
 
-void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk, const double *sv,
-                  const double *svmax, const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride,
-                  double inv, double steps, const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
+/* B = streams x KV heads; own scales sk/sv with a stride per batch, shared-prefix scales
+ * sk0/sv0 with strides s0n per stream and s0h per head (s0n = 0: one prefix for all streams). */
+void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
+                  int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
+                  const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
+                  const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
 {
+    double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * (nt > 0 ? nt : 1));
+    if (!scratch) { /* the caller checks esum > 0 (every row sees its own key) */
+        for (int64_t i = 0; i < B * R; i++)
+            esum[i] = 0;
+        return;
+    }
     FOR_TASKS(B, R, nt, int64_t i = b * R + r0;
-              softmax_p(acc + i * T, sq + i, sk + b * stride, sv + b * stride, svmax + i, pos + r0, 1, r1 - r0, T,
-                        stride, inv, steps, table, L, p + i * T, esum + i));
+              int64_t me = nt > 1 ? omp_thread() : 0;
+              int64_t h0 = (b / KV) * s0n + (b % KV) * s0h;
+              softmax_rows(acc + i * T, sq + i, sk0 + h0, sv0 + h0, P, sk + b * stride, sv + b * stride, svmax + i,
+                           pos + r0, r1 - r0, T, inv, steps, table, L, p + i * T, esum + i,
+                           scratch + 2 * T * me, scratch + 2 * T * me + T));
+    free(scratch);
 }

@@ -140,6 +140,12 @@ class Cache:
         self.sv = np.ones((L, n, H, cap))
         self.len = self.base  # positions covered, shared ones included
 
+    def sv_max(self, li: int) -> np.ndarray:
+        """Largest value scale of each head of stream 0 in layer ``li`` (a shared prefix's, computed once)."""
+        if not hasattr(self, "_sv_max"):
+            self._sv_max = self.sv[:, 0, :, : self.len].max(axis=-1)  # (layers, heads)
+        return self._sv_max[li]
+
     def grow(self, end: int) -> None:
         """Make room for positions up to ``end``."""
         have = self.k.shape[3]
@@ -285,16 +291,12 @@ class PortableEngine:
         pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
         P, own = cache.base, end - cache.base
         sh = cache.shared
-        # key and value scales of positions 0..end-1, (n, KV, end)
-        if sh is None:
-            sk, sv = cache.sk[li], cache.sv[li]
-        else:
-            both = lambda a, b: np.concatenate(  # noqa: E731
-                [np.broadcast_to(a[li, :1, :, :P], (n, KV, P)), b[li, :, :, :own]], axis=-1)
-            sk, sv = both(sh.sk, cache.sk), both(sh.sv, cache.sv)
-        svmax = np.maximum.accumulate(sv[..., :end], axis=-1)[:, :, pos]  # max over the visible keys
+        # max of the value scales over the visible keys (queries sit past any shared prefix)
+        svmax = np.maximum.accumulate(cache.sv[li, :, :, :own], axis=-1)[:, :, pos - P]
+        if sh is not None:
+            svmax = np.maximum(svmax, sh.sv_max(li)[None, :, None])
         if not self.native:
-            return self._attend_numpy(qq, sq, pos, cache, li, end, sk[..., :end], sv[..., :end], svmax, n, t, G, D)
+            return self._attend_numpy(qq, sq, pos, cache, li, end, svmax, n, t, G, D)
         # the same arithmetic in C (kernel.softmax_p), without the temporaries
         q8 = qq.astype(np.int8)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1
@@ -304,7 +306,9 @@ class PortableEngine:
         elif sh is not None:  # one pass over the shared keys for the query rows of all streams
             rows = q8.transpose(1, 0, 2, 3).reshape(1, KV, n * R, D)
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
-        p, esum = kernel.softmax_p(acc, sq[..., 0], sk, sv, svmax, pos, self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+        shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
+        p, esum = kernel.softmax_p(acc, sq[..., 0], cache.sk[li], cache.sv[li], svmax, pos, self.inv_sqrt_d,
+                                   tables.ATT_STEPS, _EXP, shared)
         pv = kernel.attn_values(p[..., P:], cache.v[li])
         # exact integer sums: splitting them between shared and own keys changes nothing
         if sh is not None and n == 1:
@@ -314,12 +318,16 @@ class PortableEngine:
             pv += kernel.attn_values(rows, sh.v[li, :1]).reshape(KV, n, R, D).transpose(1, 0, 2, 3)
         return self._merge(pv.astype(np.float64) * svmax[..., None] / esum[..., None], n, t, G, D)
 
-    def _attend_numpy(self, qq, sq, pos, cache, li, end, sk, sv, svmax, n, t, G, D) -> np.ndarray:
-        keys, values = cache.k[li, :, :, : end - cache.base], cache.v[li, :, :, : end - cache.base]
-        if cache.shared is not None:
-            P, KV = cache.base, keys.shape[1]
-            keys = np.concatenate([np.broadcast_to(cache.shared.k[li, :1, :, :P], (n, KV, P, D)), keys], axis=2)
-            values = np.concatenate([np.broadcast_to(cache.shared.v[li, :1, :, :P], (n, KV, P, D)), values], axis=2)
+    def _attend_numpy(self, qq, sq, pos, cache, li, end, svmax, n, t, G, D) -> np.ndarray:
+        own = end - cache.base
+        keys, values = cache.k[li, :, :, :own], cache.v[li, :, :, :own]
+        sk, sv = cache.sk[li, :, :, :own], cache.sv[li, :, :, :own]
+        if cache.shared is not None:  # the reference path: materialize the prefix in every stream
+            P = cache.base
+            both = lambda a, b: np.concatenate(  # noqa: E731
+                [np.broadcast_to(a[li, :1, :, :P], (n,) + b.shape[1:2] + (P,) + b.shape[3:]), b], axis=2)
+            keys, values = both(cache.shared.k, keys), both(cache.shared.v, values)
+            sk, sv = both(cache.shared.sk, sk), both(cache.shared.sv, sv)
         # |q.k| <= 64 * 127^2 < 2^24: exact in float32 BLAS
         s = (qq.astype(np.float32) @ keys.astype(np.float32).transpose(0, 1, 3, 2)).astype(np.float64)
         s = s * sq * sk[:, :, None, :] * self.inv_sqrt_d

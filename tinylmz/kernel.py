@@ -106,20 +106,17 @@ def load():
     p = ctypes.c_void_p
     i64 = ctypes.c_int64
     f64 = ctypes.c_double
-    for f in (lib.qgemm, lib.qk, lib.pv):
-        f.restype = None
-        f.argtypes = [p, i64, i64, p, i64, i64, i64, p, p, p, p] if f is lib.qgemm else [p, p, i64, i64, i64, i64, i64, p]
+    lib.qgemm.restype = None
+    lib.qgemm.argtypes = [p, i64, i64, p, i64, i64, i64, p, p, p, p]
     lib.qgemm_mt.restype = None
     lib.qgemm_mt.argtypes = [p, i64, i64, p, i64, p, p, p, p, i64]
     lib.qgemm_parallel.restype = i64
     lib.qk_mt.restype = lib.pv_mt.restype = lib.softmax_p_mt.restype = None
     lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64, i64, i64]
-    lib.softmax_p_mt.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
+    lib.softmax_p_mt.argtypes = [p, p, p, p] + [i64] * 4 + [p] * 4 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
     lib.quant16.restype = lib.swiglu.restype = None
     lib.quant16.argtypes = [p, i64, i64, f64, p, p]
     lib.swiglu.argtypes = [p, i64, i64, p, f64, f64, p]
-    lib.softmax_p.restype = None
-    lib.softmax_p.argtypes = [p] * 6 + [i64] * 4 + [f64, f64, p, i64, p, p]
     lib.freq_cum.restype = None
     lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, i64]
     rng = np.random.default_rng(3)
@@ -263,15 +260,21 @@ def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
 
 
 def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, svmax: np.ndarray,
-              pos: np.ndarray, inv: float, steps: float, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer attention weights and their row sums (see ``softmax_p`` in _qgemm.c).
+              pos: np.ndarray, inv: float, steps: float, table: np.ndarray,
+              shared: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer attention weights and their row sums (see ``softmax_rows`` in _qgemm.c).
 
-    acc int32 (n, H, R, T); sq, svmax float64 (n, H, R); sk, sv float64 (n, H, cap) with cap >= T;
-    pos int64 (R).  Returns p int32 (n, H, R, T) and esum int64 (n, H, R).
+    acc int32 (n, H, R, T); sq, svmax float64 (n, H, R); pos int64 (R).  Key scales: ``shared``
+    = (sk0, sv0), float64 (n, H, P) views (a shared prefix, e.g. broadcast over streams), for keys
+    0..P-1, and sk, sv float64 (n, H, cap) with cap >= T - P for the rest.
+    Returns p int32 (n, H, R, T) and esum int64 (n, H, R).
     """
     lib = load().lib
     n, H, R, T = acc.shape
     assert sk.strides == sv.strides and sk.strides[-1] == 8 and sk.strides[0] == H * sk.strides[1]
+    sk0, sv0 = shared if shared is not None else (sk[..., :0], sv[..., :0])
+    P = sk0.shape[-1]
+    assert sk0.strides == sv0.strides and (P == 0 or sk0.strides[-1] == 8) and sk0.shape == (n, H, P)
     acc = np.ascontiguousarray(acc, dtype=np.int32)
     sq = np.ascontiguousarray(sq, dtype=np.float64)
     svmax = np.ascontiguousarray(svmax, dtype=np.float64)
@@ -279,8 +282,9 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     table = np.ascontiguousarray(table, dtype=np.int64)
     p = np.empty((n, H, R, T), dtype=np.int32)
     esum = np.empty((n, H, R), dtype=np.int64)
-    lib.softmax_p_mt(acc.ctypes.data, sq.ctypes.data, sk.ctypes.data, sv.ctypes.data, svmax.ctypes.data,
-                     pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
+    lib.softmax_p_mt(acc.ctypes.data, sq.ctypes.data, sk0.ctypes.data, sv0.ctypes.data, P,
+                     sk0.strides[0] // 8, sk0.strides[1] // 8, H, sk.ctypes.data, sv.ctypes.data,
+                     svmax.ctypes.data, pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
                      table.ctypes.data, len(table), p.ctypes.data, esum.ctypes.data, _nt(n * H * R * T * 16))
     if R and not esum.all():  # every row sees at least its own key (weight 2^30): 0 means malloc failed
         raise MemoryError("out of memory in the attention kernel")
