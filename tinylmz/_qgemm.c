@@ -389,16 +389,18 @@ static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0
         int32_t *pr = p + r * T;
         int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T, shared = vis < P ? vis : P;
         double qs = sq[r], m = -INFINITY, sm = svmax[r];
-        for (int64_t j = 0; j < vis; j++) {
-            double s = (((double)ar[j] * qs) * (j < shared ? sk0[j] : sk[j - P])) * inv;
-            sbuf[j] = s;
-            if (s > m)
-                m = s;
-        }
+        for (int64_t j = 0; j < shared; j++)
+            sbuf[j] = (((double)ar[j] * qs) * sk0[j]) * inv;
+        for (int64_t j = shared; j < vis; j++)
+            sbuf[j] = (((double)ar[j] * qs) * sk[j - P]) * inv;
+        for (int64_t j = 0; j < vis; j++)
+            m = sbuf[j] > m ? sbuf[j] : m;
         if (sm != ratio_sm)
             have = 0;
-        for (int64_t j = have; j < vis; j++)
-            ratio[j] = (j < shared ? sv0[j] : sv[j - P]) / sm;
+        for (int64_t j = have; j < shared; j++)
+            ratio[j] = sv0[j] / sm;
+        for (int64_t j = have > shared ? have : shared; j < vis; j++)
+            ratio[j] = sv[j - P] / sm;
         if (vis > have)
             have = vis;
         ratio_sm = sm;
