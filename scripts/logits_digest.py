@@ -35,7 +35,7 @@ def main() -> None:
     w = hashlib.sha256()
     for layer in eng.w.layers:
         for lin in (layer["qkv"], layer["o"], layer["gateup"], layer["down"]):
-            w.update((lin.q if lin.q is not None else lin.t.T.astype(np.int8)).tobytes())
+            w.update(np.ascontiguousarray(lin.rows()).tobytes())
     print(hashlib.sha256(logits.tobytes()).hexdigest(), w.hexdigest()[:16], f"portable-v{VERSION}")
 
 

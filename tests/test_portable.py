@@ -109,6 +109,71 @@ def test_native_kernel_is_exact_at_the_extremes():
         assert (kernel.qgemm(-x, w) == 32767 * 127 * K).all()
 
 
+def test_packed_product_is_exact():
+    """The lane-wise product on packed weights (AVX-512 VNNI) equals the integer product, padding included."""
+    from tinylmz import kernel
+    from tinylmz.weights import QLinear
+
+    rng = np.random.default_rng(11)
+    w = rng.integers(-127, 128, (37, 4133)).astype(np.int8)  # 37 rows: a padded block; 4133: a padded quad
+    x = rng.integers(-32767, 32768, (9, 4133)).astype(np.int16)
+    w[:3], w[3:5], x[0], x[1] = -127, 127, 32767, -32767  # the largest products, both signs
+    if not kernel.packs():  # no VNNI here: the engine must hold int8 rows, not packed ones
+        lin = QLinear(w, np.ones(37, np.float32), native=True)
+        assert lin.packed is None and lin.native is lin.q
+        return
+    pw = kernel.Packed(w)
+    want = x.astype(np.int64) @ w.T.astype(np.int64)
+    for n in (9, 4, 3, 1):
+        for t in (1, 2, 3):
+            assert np.array_equal(kernel._run_packed(pw.lib, np.ascontiguousarray(x[:n]), pw, t), want[:n])
+    assert np.array_equal(QLinear(w, np.ones(37, np.float32), native=True).rows(), w)
+
+
+@pytest.mark.parametrize("R,T", [(5, 30), (8, 1), (13, 17), (40, 130), (150, 300)])
+def test_attention_products_are_exact(R, T):
+    """qk and pv (key-lane kernels from 8 rows on) equal int64 products, at the extremes too."""
+    from tinylmz import kernel
+
+    rng = np.random.default_rng(R * 1000 + T)
+    q = rng.integers(-127, 128, (2, 3, R, 64)).astype(np.int8)
+    k = rng.integers(-127, 128, (2, 3, T + 7, 64)).astype(np.int8)
+    q[0, 0, :2], k[0, 0, :3] = -127, -127
+    k[1, 2, :2] = 127
+    want = q.astype(np.int64) @ k[:, :, :T].astype(np.int64).transpose(0, 1, 3, 2)
+    assert np.array_equal(kernel.attn_scores(q, k, T), want)
+    p = rng.integers(0, 1 << 16, (2, 3, R, T)).astype(np.int32)
+    p[0, 0, 0], p[1, 1, :, ::2] = 1 << 16, 0  # the largest weight (a high byte of 256), and zeros
+    p[1, 2, -1, -1] = 1 << 16
+    want = p.astype(np.int64) @ k[:, :, :T].astype(np.int64)
+    assert np.array_equal(kernel.attn_values(p, k), want)
+
+
+def test_softmax_weights_equal_the_numpy_definition():
+    """The vectorized weight kernel rounds exactly as engine_portable._attend_numpy, shared scales included."""
+    from tinylmz import kernel, tables
+
+    rng = np.random.default_rng(4)
+    n, H, R, P, own = 2, 3, 12, 37, 5
+    T = P + own
+    acc = rng.integers(-400000, 400000, (n, H, R, T)).astype(np.int32)
+    acc[0, 0, 0, :3] = acc[0, 0, 0, 3]  # ties for the maximum
+    sq = rng.random((n, H, R)) * 1e-3
+    sk, sv = rng.random((n, H, 8)) * 0.05, rng.random((n, H, 8)) * 0.05
+    sk0, sv0 = rng.random((1, H, P)) * 0.05, rng.random((1, H, P)) * 0.05
+    sv0[0, 1, 4] = 0.2  # the largest value scale: its key may weigh exactly 2^16
+    pos = np.repeat(np.arange(T - R // 3, T), 3)
+    svmax = np.maximum.accumulate(np.concatenate([np.broadcast_to(sv0, (n, H, P)), sv[..., :own]], -1), -1)[..., pos]
+    E = tables.att_exp()
+    p, esum = kernel.softmax_p(acc, sq, sk, sv, svmax, pos, 0.125, tables.ATT_STEPS, E,
+                               tuple(np.broadcast_to(a, (n, H, P)) for a in (sk0, sv0)))
+    skk = np.concatenate([np.broadcast_to(sk0, (n, H, P)), sk[..., :own]], -1)
+    svv = np.concatenate([np.broadcast_to(sv0, (n, H, P)), sv[..., :own]], -1)
+    want_p, want_esum = engine_portable.attention_weights(acc.astype(np.float64), sq, skk, svv, svmax, pos, 0.125)
+    assert np.array_equal(p, want_p) and np.array_equal(esum, want_esum)
+    assert (p == 1 << 16).any()
+
+
 FORBIDDEN = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "tanh", "sinh", "cosh", "sin", "cos",
              "tan", "arctan", "power", "float_power", "sigmoid", "erf", "pow", "sqrt_approx"}
 

@@ -175,6 +175,162 @@ void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N
     }
 }
 
+/* The same product with outputs in the vector lanes (AVX-512 VNNI): no horizontal sums.
+ *
+ * Weights are packed once (kernel.pack) in blocks of 16 rows: block b, quad kq holds
+ * w[16 b + l][4 kq .. 4 kq + 3] in int32 lane l.  Each int16 x is split into bytes,
+ * x = 256 hi + lo (lo = x & 255, hi = x >> 8), and vpdpbusd multiplies unsigned bytes by
+ * signed ones, so hi enters as hi + 128 and 128 * sum_k w[j][k] (wsum) is taken off again:
+ *     x . w = 256 (sum (hi + 128) w - 128 wsum) + sum lo w.
+ * Each int32 lane sums at most K * 255 * 127 < 2^31 for K <= 2^16 (the caller checks K);
+ * the final value is formed in int64.  Exact integers: the same numbers as qgemm. */
+int64_t qgemm_lanes_available(void)
+{
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__)
+#define LTR 4 /* rows of x per tile */
+#define LTC 2 /* blocks of 16 weight rows per tile */
+static inline __attribute__((always_inline)) void lanes_tile(
+    const int32_t *xl, const int32_t *xh, int64_t K4, const int8_t *w, int64_t wstride, const int32_t *wsum,
+    const int tr, const int tc, int64_t *out, int64_t N, const double *sx, const double *ws, double *y)
+{
+    __m512i al[LTR][LTC], ah[LTR][LTC];
+    for (int r = 0; r < tr; r++)
+        for (int c = 0; c < tc; c++)
+            al[r][c] = ah[r][c] = _mm512_setzero_si512();
+    if (tr == 4 && tc == 2) { /* the main tile, written out: GCC keeps these 16 sums in registers */
+        __m512i l00 = al[0][0], l01 = al[0][1], l10 = al[1][0], l11 = al[1][1];
+        __m512i l20 = al[2][0], l21 = al[2][1], l30 = al[3][0], l31 = al[3][1];
+        __m512i h00 = ah[0][0], h01 = ah[0][1], h10 = ah[1][0], h11 = ah[1][1];
+        __m512i h20 = ah[2][0], h21 = ah[2][1], h30 = ah[3][0], h31 = ah[3][1];
+        const int8_t *w1 = w + wstride;
+        for (int64_t kq = 0; kq < K4; kq++) {
+            __m512i w0 = _mm512_loadu_si512((const void *)(w + kq * 64));
+            __m512i v1 = _mm512_loadu_si512((const void *)(w1 + kq * 64));
+            __m512i b;
+#define ROW(r, l0, l1, h0, h1)                                                      \
+            b = _mm512_set1_epi32(xl[r * K4 + kq]);                                 \
+            l0 = _mm512_dpbusd_epi32(l0, b, w0), l1 = _mm512_dpbusd_epi32(l1, b, v1);  \
+            b = _mm512_set1_epi32(xh[r * K4 + kq]);                                 \
+            h0 = _mm512_dpbusd_epi32(h0, b, w0), h1 = _mm512_dpbusd_epi32(h1, b, v1);
+            ROW(0, l00, l01, h00, h01)
+            ROW(1, l10, l11, h10, h11)
+            ROW(2, l20, l21, h20, h21)
+            ROW(3, l30, l31, h30, h31)
+#undef ROW
+        }
+        al[0][0] = l00, al[0][1] = l01, al[1][0] = l10, al[1][1] = l11;
+        al[2][0] = l20, al[2][1] = l21, al[3][0] = l30, al[3][1] = l31;
+        ah[0][0] = h00, ah[0][1] = h01, ah[1][0] = h10, ah[1][1] = h11;
+        ah[2][0] = h20, ah[2][1] = h21, ah[3][0] = h30, ah[3][1] = h31;
+    } else
+    for (int64_t kq = 0; kq < K4; kq++) {
+        __m512i wv[LTC];
+        for (int c = 0; c < tc; c++)
+            wv[c] = _mm512_loadu_si512((const void *)(w + c * wstride + kq * 64));
+        for (int r = 0; r < tr; r++) {
+            __m512i bl = _mm512_set1_epi32(xl[r * K4 + kq]), bh = _mm512_set1_epi32(xh[r * K4 + kq]);
+            for (int c = 0; c < tc; c++) {
+                al[r][c] = _mm512_dpbusd_epi32(al[r][c], bl, wv[c]);
+                ah[r][c] = _mm512_dpbusd_epi32(ah[r][c], bh, wv[c]);
+            }
+        }
+    }
+    for (int c = 0; c < tc; c++) {
+        __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + 16 * c)), 7);
+        for (int r = 0; r < tr; r++) {
+            __m512i h = _mm512_sub_epi32(ah[r][c], corr);
+            for (int half = 0; half < 2; half++) {
+                __m256i h8 = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+                __m256i l8 = half ? _mm512_extracti64x4_epi64(al[r][c], 1) : _mm512_castsi512_si256(al[r][c]);
+                __m512i v = _mm512_add_epi64(_mm512_slli_epi64(_mm512_cvtepi32_epi64(h8), 8), _mm512_cvtepi32_epi64(l8));
+                int64_t j = 16 * c + 8 * half;
+                if (out)
+                    _mm512_storeu_si512((void *)(out + r * N + j), v);
+                if (y) /* ((double)acc * sx[i]) * ws[j], as numpy; |acc| < 2^53 converts exactly */
+                    _mm512_storeu_pd(y + r * N + j, _mm512_mul_pd(_mm512_mul_pd(_mm512_cvtepi64_pd(v),
+                                                                               _mm512_set1_pd(sx[r])),
+                                                                 _mm512_loadu_pd(ws + j)));
+            }
+        }
+    }
+}
+
+#define LANES_TILE(tr, tc) lanes_tile(xl + i * K4, xh + i * K4, K4, wb, K4 * 64, wsum + 16 * b, tr, tc, \
+                                      out ? out + i * N + 16 * b : 0, N, sx ? sx + i : 0, ws ? ws + 16 * b : 0, \
+                                      y ? y + i * N + 16 * b : 0)
+/* Blocks b0..b1-1 of 16 weight rows, all n rows of x (given split: xl, xh, n x K4 int32). */
+static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_t K4, const int8_t *wp,
+                         const int32_t *wsum, int64_t b0, int64_t b1, int64_t N, int64_t *out,
+                         const double *sx, const double *ws, double *y)
+{
+    int64_t b = b0;
+    for (; b + LTC <= b1; b += LTC) {
+        const int8_t *wb = wp + b * K4 * 64;
+        int64_t i = 0;
+        for (; i + LTR <= n; i += LTR)
+            LANES_TILE(LTR, LTC);
+        for (; i < n; i++)
+            LANES_TILE(1, LTC);
+    }
+    for (; b < b1; b++) {
+        const int8_t *wb = wp + b * K4 * 64;
+        int64_t i = 0;
+        for (; i + LTR <= n; i += LTR)
+            LANES_TILE(LTR, 1);
+        for (; i < n; i++)
+            LANES_TILE(1, 1);
+    }
+}
+#endif
+
+/* x (n x K int16) times packed weights (N rows, N a multiple of 16, K4 = ceil(K / 4) quads):
+ * out (int64, optional) and y = dequantized (optional), with nt threads splitting blocks of rows
+ * of w.  Returns 0 where the kernel lacks this path or memory runs out (nothing written). */
+int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, const int32_t *wsum, int64_t N,
+                    int64_t *out, const double *sx, const double *ws, double *y, int64_t nt)
+{
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__)
+    int64_t K4 = (K + 3) / 4;
+    if (N % 16 || K > 65536)
+        return 0;
+    uint8_t *xs = aligned_alloc(64, (size_t)(2 * n * K4 * 4 + 64));
+    if (!xs)
+        return 0;
+    uint8_t *xl = xs, *xh = xs + n * K4 * 4;
+    for (int64_t i = 0; i < n; i++) {
+        const int16_t *xi = x + i * K;
+        uint8_t *li = xl + i * K4 * 4, *hi = xh + i * K4 * 4;
+        for (int64_t k = 0; k < K; k++) {
+            li[k] = (uint8_t)(xi[k] & 255);
+            hi[k] = (uint8_t)((xi[k] >> 8) + 128);
+        }
+        for (int64_t k = K; k < K4 * 4; k++)
+            li[k] = 0, hi[k] = 128; /* x = 0 */
+    }
+    int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
+    if (nt > tiles)
+        nt = tiles > 0 ? tiles : 1;
+    PARALLEL_FOR(nt)
+    for (int64_t t = 0; t < nt; t++) {
+        int64_t b0 = tiles * t / nt * LTC, b1 = tiles * (t + 1) / nt * LTC;
+        lanes_blocks((const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, b0, b1 < blocks ? b1 : blocks, N,
+                     out, sx, ws, y);
+    }
+    free(xs);
+    return 1;
+#else
+    (void)x; (void)n; (void)K; (void)wp; (void)wsum; (void)N; (void)out; (void)sx; (void)ws; (void)y; (void)nt;
+    return 0;
+#endif
+}
+
 /* Per-row symmetric quantization to int16, as engine_portable._quant(x, levels):
  * s = max|x| / levels (1 where the row is all zeros), q = rint(x / s). */
 void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale)
@@ -253,9 +409,65 @@ static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, 
 #endif
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define KEY_LANES 1
+/* Many query rows against the same keys: lanes hold 16 keys, so no horizontal sums.  Each
+ * block of 16 keys is transposed into D/4 vectors (lane j = bytes 4c..4c+3 of key j) and
+ * multiplied with vpdpbusd, which takes unsigned bytes on one side: q + 128 (|q| <= 127, so
+ * 1..255), and the excess 128 * sum_d k[j][d] is subtracted.  Every lane stays below
+ * 255 * 127 * D < 2^31 (D <= 256): the same exact integers as the row-by-row path. */
+static int qk_keys16(const int8_t *q, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s, int64_t ld)
+{
+    int64_t C = D / 4, R8 = (R + 7) / 8 * 8;
+    uint32_t *qu = calloc((size_t)(R8 * C), sizeof(uint32_t)); /* padding rows: computed, never stored */
+    if (!qu)
+        return 0;
+    for (int64_t i = 0; i < R * D; i++)
+        ((uint8_t *)qu)[i] = (uint8_t)q[i] ^ 0x80;
+    __m512i kt[64];
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)D));
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        int64_t nk = T - j0 < 16 ? T - j0 : 16;
+        __mmask16 m = (__mmask16)((1u << nk) - 1);
+        __m512i ksum = _mm512_setzero_si512();
+        for (int64_t c = 0; c < C; c++) {
+            kt[c] = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, kb + j0 * D + 4 * c, 1);
+            ksum = _mm512_dpbusd_epi32(ksum, ones, kt[c]); /* 1 * k: sums of signed bytes */
+        }
+        __m512i corr = _mm512_slli_epi32(ksum, 7);
+        for (int64_t r0 = 0; r0 < R8; r0 += 8) {
+            const uint32_t *qr = qu + r0 * C;
+            __m512i a[8];
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm512_setzero_si512();
+            for (int64_t c = 0; c < C; c++)
+                for (int r = 0; r < 8; r++)
+                    a[r] = _mm512_dpbusd_epi32(a[r], _mm512_set1_epi32((int)qr[r * C + c]), kt[c]);
+            int64_t rn = R - r0 < 8 ? R - r0 : 8;
+            for (int64_t r = 0; r < rn; r++)
+                _mm512_mask_storeu_epi32(s + (r0 + r) * ld + j0, m, _mm512_sub_epi32(a[r], corr));
+        }
+    }
+    free(qu);
+    return 1;
+}
+#else
+#define KEY_LANES 0
+#endif
+
 void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t kstride, int32_t *s, int64_t ld)
 {
+#if KEY_LANES
+    if (R >= 8 && D % 4 == 0 && D <= 256) { /* enough rows to pay for the transposition */
+        int64_t b = 0;
+        while (b < B && qk_keys16(q + b * R * D, k + b * kstride, R, T, D, s + b * R * ld, ld))
+            b++;
+        q += b * R * D, k += b * kstride, s += b * R * ld, B -= b; /* the rest (if out of memory) below */
+    }
+#endif
     int simd = VEC > 1 && D % VEC == 0 && D <= 256;
     int16_t *q16 = simd ? malloc(sizeof(int16_t) * R * D) : NULL;
     if (!q16)
@@ -286,9 +498,109 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
 /* p <= 2^16 and |v| <= 127: 128 products sum below 2^31, so int32 partial sums in blocks of
  * 128 keys, added into int64.  4 query rows share each value row's loads; a key whose weight
  * is 0 in all of them is skipped. */
+#if KEY_LANES
+/* pv for D = 64 and many rows with vpdpbusd: lanes hold values d, and each int32 lane sums
+ * the products of 4 keys.  vpdpbusd takes unsigned bytes on one side, so each weight is split
+ * into its low byte and its high byte (0 <= p <= 2^16), two sums that are combined as
+ * 256 * hi + lo.  The one weight that does not split so, p = 2^16 (high byte 256), is coded
+ * as 255 * 256 and the missing 256 * v added on its own.  A block of 128 keys keeps every int32
+ * lane below 256 * 128 * 255 * 127 + 128 * 255 * 127 < 2^31 before it is added into int64. */
+#define PV_KEYS 128
+static int pv_quads64(const int32_t *p, const int8_t *vb, int64_t R, int64_t T, int64_t *o, int64_t ld)
+{
+    int64_t R2 = (R + 1) / 2 * 2, NQ = PV_KEYS / 4;
+    /* vt: per quad of keys, 4 vectors; vector X, 128-bit lane L, dword i holds d = 16 L + 4 X + i */
+    __m512i *vt = aligned_alloc(64, sizeof(__m512i) * (size_t)(NQ * 4 + 2 * R2 * NQ / 16 + 2));
+    if (!vt)
+        return 0;
+    uint32_t *plo = (uint32_t *)(vt + NQ * 4), *phi = plo + R2 * NQ;
+    for (int64_t i = 0; i < 2 * R2 * NQ; i++)
+        plo[i] = 0; /* padding rows weigh 0 */
+    for (int64_t i = 0; i < R * 64; i++)
+        o[i] = 0;
+    const __m512i lo8 = _mm512_set1_epi32(0xFF);
+    for (int64_t j0 = 0; j0 < T; j0 += PV_KEYS) {
+        int64_t nk = T - j0 < PV_KEYS ? T - j0 : PV_KEYS, nq = (nk + 3) / 4;
+        for (int64_t qd = 0; qd < nq; qd++) {
+            __m512i x[4];
+            for (int i = 0; i < 4; i++)
+                x[i] = 4 * qd + i < nk ? _mm512_loadu_si512((const void *)(vb + (j0 + 4 * qd + i) * 64))
+                                       : _mm512_setzero_si512();
+            __m512i ab0 = _mm512_unpacklo_epi8(x[0], x[1]), ab1 = _mm512_unpackhi_epi8(x[0], x[1]);
+            __m512i cd0 = _mm512_unpacklo_epi8(x[2], x[3]), cd1 = _mm512_unpackhi_epi8(x[2], x[3]);
+            vt[4 * qd + 0] = _mm512_unpacklo_epi16(ab0, cd0);
+            vt[4 * qd + 1] = _mm512_unpackhi_epi16(ab0, cd0);
+            vt[4 * qd + 2] = _mm512_unpacklo_epi16(ab1, cd1);
+            vt[4 * qd + 3] = _mm512_unpackhi_epi16(ab1, cd1);
+        }
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t jj = 0; jj < nk; jj += 16) {
+                __mmask16 m = (__mmask16)(nk - jj >= 16 ? 0xFFFF : (1u << (nk - jj)) - 1);
+                __m512i w = _mm512_maskz_loadu_epi32(m, p + r * ld + j0 + jj);
+                _mm_storeu_si128((__m128i *)(plo + r * NQ + jj / 4), _mm512_cvtepi32_epi8(_mm512_and_si512(w, lo8)));
+                _mm_storeu_si128((__m128i *)(phi + r * NQ + jj / 4), _mm512_cvtusepi32_epi8(_mm512_srli_epi32(w, 8)));
+                for (__mmask16 big = _mm512_cmpgt_epi32_mask(w, _mm512_set1_epi32(0xFFFF)); big; big &= big - 1) {
+                    const int8_t *vj = vb + (j0 + jj + __builtin_ctz(big)) * 64;
+                    for (int d = 0; d < 64; d++)
+                        o[r * 64 + d] += 256 * (int64_t)vj[d];
+                }
+            }
+        for (int64_t r0 = 0; r0 < R2; r0 += 2) {
+            __m512i lo[2][4], hi[2][4];
+            for (int r = 0; r < 2; r++)
+                for (int c = 0; c < 4; c++)
+                    lo[r][c] = hi[r][c] = _mm512_setzero_si512();
+            for (int64_t qd = 0; qd < nq; qd++) {
+                __m512i vv[4];
+                for (int c = 0; c < 4; c++)
+                    vv[c] = _mm512_load_si512(vt + 4 * qd + c);
+                for (int r = 0; r < 2; r++) {
+                    __m512i bl = _mm512_set1_epi32((int)plo[(r0 + r) * NQ + qd]);
+                    __m512i bh = _mm512_set1_epi32((int)phi[(r0 + r) * NQ + qd]);
+                    for (int c = 0; c < 4; c++) {
+                        lo[r][c] = _mm512_dpbusd_epi32(lo[r][c], bl, vv[c]);
+                        hi[r][c] = _mm512_dpbusd_epi32(hi[r][c], bh, vv[c]);
+                    }
+                }
+            }
+            int64_t rn = R - r0 < 2 ? R - r0 : 2;
+            for (int64_t r = 0; r < rn; r++) {
+                __m512i t[4], n[4];
+                for (int c = 0; c < 4; c++)
+                    t[c] = _mm512_add_epi32(_mm512_slli_epi32(hi[r][c], 8), lo[r][c]);
+                /* 4 x 4 transpose of 128-bit lanes: n[L] = lane L of t[0..3] = d 16 L .. 16 L + 15 */
+                __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44), t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
+                __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE), t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
+                n[0] = _mm512_shuffle_i32x4(t01l, t23l, 0x88);
+                n[1] = _mm512_shuffle_i32x4(t01l, t23l, 0xDD);
+                n[2] = _mm512_shuffle_i32x4(t01h, t23h, 0x88);
+                n[3] = _mm512_shuffle_i32x4(t01h, t23h, 0xDD);
+                for (int c = 0; c < 4; c++) {
+                    int64_t *out = o + (r0 + r) * 64 + 16 * c;
+                    __m512i x0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(n[c]));
+                    __m512i x1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(n[c], 1));
+                    _mm512_storeu_si512(out, _mm512_add_epi64(_mm512_loadu_si512(out), x0));
+                    _mm512_storeu_si512(out + 8, _mm512_add_epi64(_mm512_loadu_si512(out + 8), x1));
+                }
+            }
+        }
+    }
+    free(vt);
+    return 1;
+}
+#endif
+
 void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t vstride, int64_t *o, int64_t ld)
 {
+#if KEY_LANES
+    if (R >= 8 && D == 64) { /* enough rows to pay for laying out the values */
+        int64_t b = 0;
+        while (b < B && pv_quads64(p + b * R * ld, v + b * vstride, R, T, o + b * R * D, ld))
+            b++;
+        p += b * R * ld, v += b * vstride, o += b * R * D, B -= b;
+    }
+#endif
     for (int64_t b = 0; b < B; b++) {
         const int8_t *vb = v + b * vstride;
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
@@ -377,6 +689,70 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
  * The scales of keys j < P come from sk0/sv0 (a shared prefix), the others from sk/sv at j - P,
  * so a shared context's scales are read in place, never copied per stream.
  */
+/* The loops of softmax_rows.  The AVX-512 forms do the same IEEE double operations on 8 keys
+ * at a time (the maximum and the integer sum do not depend on order), so their results are
+ * the scalar loops' to the bit. */
+static void scores(const int32_t *a, double qs, const double *sk, double inv, int64_t j0, int64_t j1, double *out)
+{
+    int64_t j = j0;
+#if defined(__AVX512F__)
+    __m512d vq = _mm512_set1_pd(qs), vi = _mm512_set1_pd(inv);
+    for (; j + 8 <= j1; j += 8) {
+        __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(a + j)));
+        x = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(x, vq), _mm512_loadu_pd(sk + j)), vi);
+        _mm512_storeu_pd(out + j, x);
+    }
+#endif
+    for (; j < j1; j++)
+        out[j] = (((double)a[j] * qs) * sk[j]) * inv;
+}
+
+static double row_max(const double *x, int64_t n)
+{
+    double m = -INFINITY;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512d v = _mm512_set1_pd(-INFINITY);
+    for (; j + 8 <= n; j += 8)
+        v = _mm512_max_pd(v, _mm512_loadu_pd(x + j));
+    m = _mm512_reduce_max_pd(v);
+#endif
+    for (; j < n; j++)
+        m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* e = table[min(rint((m - s) * steps), L - 1)];  p = rint(e * ratio);  returns sum(e). */
+static int64_t weights(const double *s, const double *ratio, int64_t n, double m, double steps,
+                       const int64_t *table, int64_t L, int32_t *p)
+{
+    int64_t total = 0, j = 0;
+#if defined(__AVX512F__)
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512d vm = _mm512_set1_pd(m), vs = _mm512_set1_pd(steps), lim = _mm512_set1_pd((double)(L - 1));
+    __m256i last = _mm256_set1_epi32((int)(L - 1));
+    __m512i sum = _mm512_setzero_si512();
+    for (; j + 8 <= n; j += 8) {
+        __m512d d = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_sub_pd(vm, _mm512_loadu_pd(s + j)), vs), rnd);
+        __mmask8 in = _mm512_cmp_pd_mask(d, lim, _CMP_LT_OQ);
+        __m256i i = _mm256_mask_blend_epi32(in, last, _mm512_cvttpd_epi32(d)); /* d >= 0 */
+        __m512i e = _mm512_i32gather_epi64(i, (const void *)table, 8);
+        sum = _mm512_add_epi64(sum, e);
+        __m512d ed = _mm512_cvtepi32_pd(_mm512_cvtepi64_epi32(e)); /* e <= 2^16 */
+        __m512d w = _mm512_roundscale_pd(_mm512_mul_pd(ed, _mm512_loadu_pd(ratio + j)), rnd);
+        _mm256_storeu_si256((__m256i *)(p + j), _mm512_cvttpd_epi32(w));
+    }
+    total = _mm512_reduce_add_epi64(sum);
+#endif
+    for (; j < n; j++) {
+        double d = nearbyint((m - s[j]) * steps);
+        int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
+        total += e;
+        p[j] = (int32_t)nearbyint((double)e * ratio[j]);
+    }
+    return total;
+}
+
 static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
                          const double *sk, const double *sv, const double *svmax, const int64_t *pos, int64_t R,
                          int64_t T, double inv, double steps, const int64_t *table, int64_t L, int32_t *p,
@@ -389,12 +765,9 @@ static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0
         int32_t *pr = p + r * T;
         int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T, shared = vis < P ? vis : P;
         double qs = sq[r], m = -INFINITY, sm = svmax[r];
-        for (int64_t j = 0; j < shared; j++)
-            sbuf[j] = (((double)ar[j] * qs) * sk0[j]) * inv;
-        for (int64_t j = shared; j < vis; j++)
-            sbuf[j] = (((double)ar[j] * qs) * sk[j - P]) * inv;
-        for (int64_t j = 0; j < vis; j++)
-            m = sbuf[j] > m ? sbuf[j] : m;
+        scores(ar, qs, sk0, inv, 0, shared, sbuf);
+        scores(ar, qs, sk - P, inv, shared, vis, sbuf);
+        m = row_max(sbuf, vis);
         if (sm != ratio_sm)
             have = 0;
         for (int64_t j = have; j < shared; j++)
@@ -404,13 +777,7 @@ static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0
         if (vis > have)
             have = vis;
         ratio_sm = sm;
-        int64_t total = 0;
-        for (int64_t j = 0; j < vis; j++) {
-            double d = nearbyint((m - sbuf[j]) * steps);
-            int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
-            total += e;
-            pr[j] = (int32_t)nearbyint((double)e * ratio[j]);
-        }
+        int64_t total = weights(sbuf, ratio, vis, m, steps, table, L, pr);
         for (int64_t j = vis; j < T; j++)
             pr[j] = 0;
         esum[r] = total;

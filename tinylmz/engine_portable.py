@@ -66,8 +66,8 @@ def matmul(x: np.ndarray, w: QLinear) -> np.ndarray:
     """``x @ W.T`` for float64 rows x, with x quantized to int16 per row; exact integer products."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
-    if w.q is not None:  # the same steps in C (kernel.qmatmul), fused
-        y = kernel.qmatmul(x, w.q, w.scale)
+    if w.native is not None:  # the same steps in C (kernel.qmatmul), fused
+        y = kernel.qmatmul(x, w.native, w.scale)
     else:
         xq, sx = _quant(x, 32767)
         y = _blas_products(xq, w) * sx * w.scale  # exact integer products: |acc| < 2^53
@@ -119,6 +119,24 @@ def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     out[..., 0 : 2 * half : 2] = a * c - b * s
     out[..., 1 : 2 * half : 2] = a * s + b * c
     return out
+
+
+def attention_weights(acc, sq, sk, sv, svmax, pos, inv) -> tuple[np.ndarray, np.ndarray]:
+    """Integer attention weights from integer scores: the definition ``kernel.softmax_p`` follows.
+
+    acc (n, H, R, T) scores of query rows at positions ``pos`` (R,) against keys 0..T-1 (key j
+    visible when j <= pos); sq (n, H, R) query scales; sk, sv (n, H, T) key and value scales;
+    svmax (n, H, R) the largest visible value scale.  Returns p (float64, integers <= 2^16) and
+    their row sums esum (n, H, R).
+    """
+    s = acc * sq[..., None] * sk[:, :, None, :] * inv
+    visible = np.arange(acc.shape[-1])[None, :] <= pos[:, None]
+    s = np.where(visible, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    d = np.minimum(np.rint((m - s) * tables.ATT_STEPS), len(_EXP) - 1).astype(np.int64)
+    e = _EXP[d]  # masked entries hit the final 0
+    p = np.rint(e * (sv[:, :, None, :] / svmax[..., None]))
+    return p, e.sum(axis=-1)
 
 
 class Cache:
@@ -329,18 +347,10 @@ class PortableEngine:
             keys, values = both(cache.shared.k, keys), both(cache.shared.v, values)
             sk, sv = both(cache.shared.sk, sk), both(cache.shared.sv, sv)
         # |q.k| <= 64 * 127^2 < 2^24: exact in float32 BLAS
-        s = (qq.astype(np.float32) @ keys.astype(np.float32).transpose(0, 1, 3, 2)).astype(np.float64)
-        s = s * sq * sk[:, :, None, :] * self.inv_sqrt_d
-        visible = np.arange(end)[None, :] <= pos[:, None]  # (t*G, end)
-        s = np.where(visible, s, -np.inf)
-        m = s.max(axis=-1, keepdims=True)
-        d = np.rint((m - s) * tables.ATT_STEPS)
-        d = np.minimum(d, len(_EXP) - 1).astype(np.int64)
-        e = _EXP[d]  # masked entries hit the final 0
-        esum = e.sum(axis=-1, keepdims=True)
-        p = np.rint(e * (sv[:, :, None, :] / svmax[..., None]))
+        acc = (qq.astype(np.float32) @ keys.astype(np.float32).transpose(0, 1, 3, 2)).astype(np.float64)
+        p, esum = attention_weights(acc, sq[..., 0], sk, sv, svmax, pos, self.inv_sqrt_d)
         pv = p @ values.astype(np.float64)  # integers below 2^53: exact
-        return self._merge(pv * svmax[..., None] / esum, n, t, G, D)
+        return self._merge(pv * svmax[..., None] / esum[..., None], n, t, G, D)
 
     @staticmethod
     def _merge(out: np.ndarray, n: int, t: int, G: int, D: int) -> np.ndarray:

@@ -114,6 +114,8 @@ def load():
     lib.qk_mt.restype = lib.pv_mt.restype = lib.softmax_p_mt.restype = None
     lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64, i64, i64]
     lib.softmax_p_mt.argtypes = [p, p, p, p] + [i64] * 4 + [p] * 4 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
+    lib.qgemm_lanes_available.restype = lib.qgemm_lanes.restype = i64
+    lib.qgemm_lanes.argtypes = [p, i64, i64, p, p, i64, p, p, p, p, i64]
     lib.quant16.restype = lib.swiglu.restype = None
     lib.quant16.argtypes = [p, i64, i64, f64, p, p]
     lib.swiglu.argtypes = [p, i64, i64, p, f64, f64, p]
@@ -128,12 +130,18 @@ def load():
     want = x.astype(np.int64) @ w.T.astype(np.int64)
     if not all(np.array_equal(_run(fn, x[:n], w, t), want[:n]) for n in (9, 4, 1) for t in (1, 3)):
         return None
-    q = rng.integers(-127, 128, (2, 3, 5, 64)).astype(np.int8)
-    k = rng.integers(-127, 128, (2, 3, 40, 64)).astype(np.int8)
-    pr = rng.integers(0, 1 << 16, (2, 3, 5, 30)).astype(np.int32)
-    if not (np.array_equal(attn_scores(q, k, 30, lib), q.astype(np.int64) @ k[:, :, :30].transpose(0, 1, 3, 2))
-            and np.array_equal(attn_values(pr, k, lib), pr.astype(np.int64) @ k[:, :, :30].astype(np.int64))):
-        return None
+    if lib.qgemm_lanes_available():
+        pw = Packed(w, lib)  # 1031 rows: the last block is padded
+        if not all(np.array_equal(_run_packed(lib, x[:n], pw, t), want[:n]) for n in (9, 5, 1) for t in (1, 3)):
+            return None
+    for rows in (5, 9):  # below and above the row count where the key-lane kernels take over
+        q = rng.integers(-127, 128, (2, 3, rows, 64)).astype(np.int8)
+        k = rng.integers(-127, 128, (2, 3, 40, 64)).astype(np.int8)
+        pr = rng.integers(0, 1 << 16, (2, 3, rows, 30)).astype(np.int32)
+        pr[0, 0, :, 3] = 1 << 16
+        if not (np.array_equal(attn_scores(q, k, 30, lib), q.astype(np.int64) @ k[:, :, :30].transpose(0, 1, 3, 2))
+                and np.array_equal(attn_values(pr, k, lib), pr.astype(np.int64) @ k[:, :, :30].astype(np.int64))):
+            return None
     # The float steps (dequantization, SwiGLU, frequency tables) must match numpy's to the bit:
     # a compiler that fused or reordered them would break the cross-machine guarantee.
     from . import engine_portable as ep, freqs, tables
@@ -144,10 +152,22 @@ def load():
     want = (xq.astype(np.int64) @ w.T.astype(np.int64)).astype(np.float64) * sx * ws
     if not np.array_equal(qmatmul(xf, w, ws, fn), want):
         return None
+    if lib.qgemm_lanes_available() and not np.array_equal(qmatmul(xf, Packed(w, lib), ws, fn), want):
+        return None
     gu = np.concatenate([rng.standard_normal((3, 64)) * 9, [[-16.0, 16.0, -17.0, 17.0] * 16]])
     gu = np.concatenate([gu, rng.standard_normal((4, 64))], axis=1)
     sig = tables.sigmoid()
     if not np.array_equal(swiglu(gu, sig, tables.SIG_RANGE, tables.SIG_STEPS, lib), ep.silu(gu[:, :64]) * gu[:, 64:]):
+        return None
+
+    acc = rng.integers(-400000, 400000, (1, 2, 9, 21)).astype(np.int32)
+    sq, sk, sv = rng.random((1, 2, 9)) * 1e-3, rng.random((1, 2, 21)) * 0.05, rng.random((1, 2, 21)) * 0.05
+    sv[0, 0, 12] = 0.2
+    pos = np.arange(12, 21)
+    svmax = np.maximum.accumulate(sv, -1)[..., pos]
+    p, esum = softmax_p(acc, sq, sk, sv, svmax, pos, 0.125, tables.ATT_STEPS, tables.att_exp(), lib=lib)
+    want_p, want_esum = ep.attention_weights(acc.astype(np.float64), sq, sk, sv, svmax, pos, 0.125)
+    if not (np.array_equal(p, want_p) and np.array_equal(esum, want_esum)):
         return None
 
     lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
@@ -188,6 +208,44 @@ def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> 
     return out if y is None else y
 
 
+class Packed:
+    """An int8 matrix (N x K) laid out for ``qgemm_lanes`` (see _qgemm.c): blocks of 16 rows,
+    each a run of 4-column quads, plus the row sums.  N is padded to a multiple of 16 with
+    zero rows (their products are computed and dropped)."""
+
+    def __init__(self, q: np.ndarray, lib=None) -> None:
+        self.lib = lib or load().lib
+        self.n, self.k = q.shape
+        n16, k4 = -(-self.n // 16) * 16, -(-self.k // 4)
+        padded = np.zeros((n16, k4 * 4), dtype=np.int8)
+        padded[: self.n, : self.k] = q
+        self.p = np.ascontiguousarray(padded.reshape(n16 // 16, 16, k4, 4).transpose(0, 2, 1, 3))
+        self.wsum = padded.sum(axis=1, dtype=np.int32)
+        self.n16 = n16
+
+
+def packs() -> bool:
+    """Whether the matrix products run on packed weights here (kernel.Packed)."""
+    fn = load()
+    return fn is not None and bool(fn.lib.qgemm_lanes_available())
+
+
+def _run_packed(lib, x: np.ndarray, w: Packed, n_threads: int, sx=None, ws=None) -> np.ndarray:
+    n, K = x.shape
+    assert K == w.k and x.dtype == np.int16 and x.flags.c_contiguous
+    out = np.empty((n, w.n16), dtype=np.int64) if sx is None else None
+    y = np.empty((n, w.n16), dtype=np.float64) if sx is not None else None
+    if sx is not None and w.n16 != w.n:
+        ws = np.concatenate([ws, np.zeros(w.n16 - w.n)])
+    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    nt = n_threads if n * w.n16 * K >= 1 << 20 else 1
+    if not lib.qgemm_lanes(x.ctypes.data, n, K, w.p.ctypes.data, w.wsum.ctypes.data, w.n16, ptr(out), ptr(sx),
+                           ptr(ws), ptr(y), nt):
+        raise MemoryError("out of memory in the matrix product")
+    res = out if y is None else y
+    return res if w.n16 == w.n else res[:, : w.n]
+
+
 def qgemm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w.T`` exactly, as int64: x int16 (n, K), w int8 (N, K), both C-contiguous."""
     fn = load()
@@ -195,16 +253,19 @@ def qgemm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _run(fn, x, w, threads())
 
 
-def qmatmul(x: np.ndarray, w: np.ndarray, ws: np.ndarray, fn=None) -> np.ndarray:
+def qmatmul(x: np.ndarray, w, ws: np.ndarray, fn=None) -> np.ndarray:
     """The engine's ``matmul``: float64 rows x quantized to int16 per row, exact products with
-    int8 rows w, dequantized by the row scales and ``ws`` (float64 (N,)); float64 (n, N)."""
+    int8 rows w (an array, or ``Packed``), dequantized by the row scales and ``ws`` (float64 (N,)); float64 (n, N)."""
     fn = fn or load()
     x = np.ascontiguousarray(x, dtype=np.float64)
     n, K = x.shape
     q = np.empty((n, K), dtype=np.int16)
     sx = np.empty(n, dtype=np.float64)
     fn.lib.quant16(x.ctypes.data, n, K, 32767.0, q.ctypes.data, sx.ctypes.data)
-    return _run(fn, q, w, threads(), sx, np.ascontiguousarray(ws, dtype=np.float64))
+    ws = np.ascontiguousarray(ws, dtype=np.float64)
+    if isinstance(w, Packed):
+        return _run_packed(fn.lib, q, w, threads(), sx, ws)
+    return _run(fn, q, w, threads(), sx, ws)
 
 
 def swiglu(gu: np.ndarray, table: np.ndarray, rng: float, steps: float, lib=None) -> np.ndarray:
@@ -261,7 +322,7 @@ def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
 
 def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, svmax: np.ndarray,
               pos: np.ndarray, inv: float, steps: float, table: np.ndarray,
-              shared: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+              shared: tuple[np.ndarray, np.ndarray] | None = None, lib=None) -> tuple[np.ndarray, np.ndarray]:
     """Integer attention weights and their row sums (see ``softmax_rows`` in _qgemm.c).
 
     acc int32 (n, H, R, T); sq, svmax float64 (n, H, R); pos int64 (R).  Key scales: ``shared``
@@ -269,7 +330,7 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     0..P-1, and sk, sv float64 (n, H, cap) with cap >= T - P for the rest.
     Returns p int32 (n, H, R, T) and esum int64 (n, H, R).
     """
-    lib = load().lib
+    lib = lib or load().lib
     n, H, R, T = acc.shape
     assert sk.strides == sv.strides and sk.strides[-1] == 8 and sk.strides[0] == H * sk.strides[1]
     sk0, sv0 = shared if shared is not None else (sk[..., :0], sv[..., :0])

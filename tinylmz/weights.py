@@ -47,15 +47,35 @@ class Config:
 class QLinear:
     """An int8 matrix (N outputs × K inputs) with per-row scales.
 
-    Kept as int8 rows for the native kernel, or transposed as float32 (K, N) for
-    numpy's BLAS (exact: |q| <= 127); never both.
+    Held in one form only: packed for the native kernel's lane-wise product where
+    the CPU has it (``kernel.Packed``), int8 rows for its other paths, or
+    transposed float32 (K, N) for numpy's BLAS (exact: |q| <= 127).
     """
 
     def __init__(self, q: np.ndarray, scale: np.ndarray, native: bool) -> None:
+        from . import kernel
+
         self.n, self.k = q.shape
-        self.q = np.ascontiguousarray(q, dtype=np.int8) if native else None
-        self.t = None if native else np.ascontiguousarray(q.T, dtype=np.float32)
+        self.q = self.t = self.packed = None
+        if native and kernel.packs():
+            self.packed = kernel.Packed(q)
+        elif native:
+            self.q = np.ascontiguousarray(q, dtype=np.int8)
+        else:
+            self.t = np.ascontiguousarray(q.T, dtype=np.float32)
         self.scale = scale.astype(np.float64)
+
+    @property
+    def native(self):
+        """The operand of ``kernel.qmatmul`` (None on the numpy path)."""
+        return self.packed if self.packed is not None else self.q
+
+    def rows(self) -> np.ndarray:
+        """The int8 matrix (N, K), whichever form is held."""
+        if self.packed is not None:
+            p = self.packed
+            return p.p.transpose(0, 2, 1, 3).reshape(p.n16, -1)[: self.n, : self.k]
+        return self.q if self.q is not None else self.t.T.astype(np.int8)
 
 
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
