@@ -80,7 +80,33 @@ def gen_jsonl(n: int, seed: int = 2) -> list[bytes]:
     return out
 
 
-GENERATORS = {"csv": gen_csv, "jsonl": gen_jsonl}
+def gen_log(n: int, seed: int = 3) -> list[bytes]:
+    """``n`` text log lines of about 80 bytes (readings, with some warnings and errors); no header."""
+    rng = random.Random(seed)
+    devs = _devices(rng)
+    t = 1714557600
+    out = [b""]
+    for _ in range(n):
+        d = rng.choice(devs)
+        t += rng.randrange(1, 20)
+        d["t"] += rng.gauss(0, 0.15)
+        d["h"] = min(99.0, max(5.0, d["h"] + rng.gauss(0, 0.4)))
+        d["bat"] -= rng.uniform(0, 0.002)
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+        u = rng.random()
+        if u < 0.85:
+            msg = (f"INFO {d['id']} temp={d['t']:.2f}C hum={d['h']:.1f}% bat={d['bat']:.3f}V "
+                   f"rssi={d['rssi'] + rng.randrange(-3, 4)} ok")
+        elif u < 0.95:
+            msg = (f"WARN {d['id']} weak signal (rssi={d['rssi'] - rng.randrange(12, 20)}), "
+                   f"upload deferred {rng.choice([30, 60, 120])}s")
+        else:
+            msg = f"ERROR {d['id']} sensor read timeout after {rng.randrange(100, 900)}ms, retry {rng.randrange(1, 4)}"
+        out.append(f"{ts} {msg}".encode())
+    return out
+
+
+GENERATORS = {"csv": gen_csv, "jsonl": gen_jsonl, "log": gen_log}
 
 
 def dataset(kind: str, n: int, n_context: int) -> tuple[bytes, list[bytes], list[bytes]]:
@@ -211,7 +237,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=200, help="test records per data set (default 200)")
     ap.add_argument("--context-records", type=int, default=30, help="sample records in the context (default 30)")
-    ap.add_argument("--data", choices=["csv", "jsonl", "both"], default="both")
+    ap.add_argument("--data", choices=[*GENERATORS, "both", "all"], default="all",
+                    help="data set: csv, jsonl, log (~80-byte text lines), both (csv and jsonl) or all (default)")
     ap.add_argument("--model", default=None, help="model name or .gguf path (default model)")
     ap.add_argument("--engine", default="portable")
     ap.add_argument("--single", type=int, default=10, help="records decompressed one at a time (default 10)")
@@ -225,7 +252,8 @@ def main(argv=None) -> int:
         sys.stdout.buffer.write(b"".join(x + b"\n" for x in lines if x))
         return 0
     results = []
-    for kind in (["csv", "jsonl"] if a.data == "both" else [a.data]):
+    kinds = {"both": ["csv", "jsonl"], "all": list(GENERATORS)}.get(a.data, [a.data])
+    for kind in kinds:
         context, sample, test = dataset(kind, a.n, a.context_records)
         info = {"data": kind, "records": len(test), "context_bytes": len(context),
                 "avg_record_bytes": sum(map(len, test)) / len(test),

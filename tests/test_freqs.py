@@ -38,6 +38,12 @@ def test_native_tables_equal_the_numpy_definition(logits, extra):
     f = freqs.frequencies(logits, width)
     want = np.concatenate([np.zeros((len(f), 1), np.int64), np.cumsum(f, axis=1)], axis=1)
     assert np.array_equal(kernel.freq_cum(logits, width, freqs.exp_table(), freqs.TOTAL), want)
+    # the encoder's form: one symbol per row (every id in turn, the argmax and the extra ones included)
+    for shift in range(width):
+        ids = (np.arange(len(f)) * 7 + shift) % width
+        cum, freq = kernel.freq_sym(logits, ids, width, freqs.exp_table(), freqs.TOTAL)
+        rows = np.arange(len(f))
+        assert np.array_equal(cum, want[rows, ids]) and np.array_equal(freq, f[rows, ids])
 
 
 def test_extra_symbols_get_one():

@@ -229,6 +229,9 @@ class PortableEngine:
         self.n_vocab = self.cfg.n_vocab
         self.rope = tables.Rope(self.cfg.rope_dim, self.cfg.rope_base)
         self.inv_sqrt_d = 1.0 / np.sqrt(np.float64(self.cfg.head_dim))
+        # the native kernel's versions of the elementwise steps (same numbers, checked when it loads)
+        self._norm, self._rope, self._quant = (kernel.rmsnorm, kernel.rope, kernel.quant) if self.native else (
+            rmsnorm, rope, _quant)
 
     def params(self) -> dict:
         return {"version": VERSION}
@@ -265,24 +268,24 @@ class PortableEngine:
         H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
         x = w.embd_q[ids].astype(np.float64) * w.embd_s[ids][..., None]
         for li, layer in enumerate(w.layers):
-            h = rmsnorm(x, layer["attn_norm"], cfg.eps)
+            h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])
-            q = rope(qkv[..., : H * D].reshape(n, t, H, D), cos, sin)
-            k = rope(qkv[..., H * D : (H + KV) * D].reshape(n, t, KV, D), cos, sin)
+            q = self._rope(qkv[..., : H * D].reshape(n, t, H, D), cos, sin)
+            k = self._rope(qkv[..., H * D : (H + KV) * D].reshape(n, t, KV, D), cos, sin)
             v = qkv[..., (H + KV) * D :].reshape(n, t, KV, D)
-            kq, sk = _quant(k, 127)
-            vq, sv = _quant(v, 127)
+            kq, sk = self._quant(k, 127)
+            vq, sv = self._quant(v, 127)
             cache.k[li, :, :, o0 : o0 + t] = kq.transpose(0, 2, 1, 3)
             cache.v[li, :, :, o0 : o0 + t] = vq.transpose(0, 2, 1, 3)
             cache.sk[li, :, :, o0 : o0 + t] = sk[..., 0].transpose(0, 2, 1)
             cache.sv[li, :, :, o0 : o0 + t] = sv[..., 0].transpose(0, 2, 1)
             att = self._attend(q, cache, li, p0 + t)
             x = x + matmul(att.reshape(n, t, H * D), layer["o"])
-            h = rmsnorm(x, layer["ffn_norm"], cfg.eps)
+            h = self._norm(x, layer["ffn_norm"], cfg.eps)
             gu = matmul(h, layer["gateup"])
             x = x + matmul(self._swiglu(gu), layer["down"])
         cache.len = p0 + t
-        h = rmsnorm(x, w.out_norm, cfg.eps).reshape(n * t, -1)
+        h = self._norm(x, w.out_norm, cfg.eps).reshape(n * t, -1)
         # The vocabulary-wide head in slices of rows bounds the temporaries; float32 logits are
         # what the frequency function reads anyway (it casts to float32 first).
         logits = np.empty((n * t, w.head.n), dtype=np.float32)
@@ -302,7 +305,7 @@ class PortableEngine:
         KV = cfg.n_head_kv
         G = H // KV
         R = t * G
-        qq, sq = _quant(q, 127)
+        qq, sq = self._quant(q, 127)
         # (n, KV, t*G, D): query rows grouped under their kv head
         qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, R, D)
         sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, R, 1)

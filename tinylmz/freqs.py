@@ -86,7 +86,15 @@ def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
 
 
 def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(cum, freq) of each row's id: what the encoder needs."""
+    """(cum, freq) of each row's id: what the encoder needs (the native kernel builds no whole tables)."""
+    from . import kernel
+
+    logits = np.atleast_2d(logits)
+    width = logits.shape[1] if width is None else width
+    if width > TOTAL // 2:
+        raise ValueError(f"vocabulary of {width} ids is too large for a total of 2^{TOTAL_BITS}")
+    if kernel.load() is not None:
+        return kernel.freq_sym(logits, ids, width, exp_table(), TOTAL)
     c = cumulative(logits, width)
     rows = np.arange(len(ids))
     ids = np.asarray(ids, dtype=np.int64)

@@ -116,11 +116,15 @@ def load():
     lib.softmax_p_mt.argtypes = [p, p, p, p] + [i64] * 4 + [p] * 4 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
     lib.qgemm_lanes_available.restype = lib.qgemm_lanes.restype = i64
     lib.qgemm_lanes.argtypes = [p, i64, i64, p, p, i64, p, p, p, p, i64]
+    lib.rmsnorm.restype = lib.rope.restype = None
+    lib.rmsnorm.argtypes = [p, i64, i64, p, f64, p]
+    lib.rope.argtypes = [p, i64, i64, i64, i64, i64, i64, p, p, p]
     lib.quant16.restype = lib.swiglu.restype = None
     lib.quant16.argtypes = [p, i64, i64, f64, p, p]
     lib.swiglu.argtypes = [p, i64, i64, p, f64, f64, p]
-    lib.freq_cum.restype = None
+    lib.freq_cum.restype = lib.freq_sym.restype = i64
     lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, i64]
+    lib.freq_sym.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, p, p, i64]
     rng = np.random.default_rng(3)
     x = rng.integers(-32767, 32768, (9, 1536)).astype(np.int16)
     x[0], x[1] = 32767, -32767
@@ -160,6 +164,19 @@ def load():
     if not np.array_equal(swiglu(gu, sig, tables.SIG_RANGE, tables.SIG_STEPS, lib), ep.silu(gu[:, :64]) * gu[:, 64:]):
         return None
 
+    xf[3] = 0.0  # an all-zero row: scale 1
+    q16, s16 = quant(xf, 127, lib)
+    qn, sn = ep._quant(xf, 127)
+    g = rng.standard_normal(1536)
+    if not (np.array_equal(q16, qn) and np.array_equal(s16, sn)
+            and np.array_equal(rmsnorm(xf, g, 1e-5, lib), ep.rmsnorm(xf, g, 1e-5))):
+        return None
+    xr = rng.standard_normal((2, 3, 11, 4, 16))  # (n, t, heads, dim) and a view with rows apart
+    cs, sn_ = rng.standard_normal((11, 6)), rng.standard_normal((11, 6))  # 12 of 16 dims rotated
+    for v in (xr[0], xr[0][:, :, :2]):
+        if not np.array_equal(rope(v, cs, sn_, lib), ep.rope(v, cs, sn_)):
+            return None
+
     acc = rng.integers(-400000, 400000, (1, 2, 9, 21)).astype(np.int32)
     sq, sk, sv = rng.random((1, 2, 9)) * 1e-3, rng.random((1, 2, 21)) * 0.05, rng.random((1, 2, 21)) * 0.05
     sv[0, 0, 12] = 0.2
@@ -173,9 +190,13 @@ def load():
     lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
     lg[1, 5:9] = lg[1].max()  # ties for the maximum
     lg[2, :3] = (np.nan, np.inf, -np.inf)
-    if not np.array_equal(freq_cum(lg, 703, freqs.exp_table(), freqs.TOTAL, lib),
-                          np.cumsum(np.concatenate([np.zeros((3, 1), np.int64), freqs.frequencies(lg, 703)], 1), 1)):
+    want = np.cumsum(np.concatenate([np.zeros((3, 1), np.int64), freqs.frequencies(lg, 703)], 1), 1)
+    if not np.array_equal(freq_cum(lg, 703, freqs.exp_table(), freqs.TOTAL, lib), want):
         return None
+    for ids in ([0, 5, 1], [699, 700, 702], [int(np.argmax(lg[0])), 6, 2]):  # ids past V, the maxima
+        cum, f = freq_sym(lg, np.array(ids), 703, freqs.exp_table(), freqs.TOTAL, lib)
+        if not (np.array_equal(cum, want[[0, 1, 2], ids]) and np.array_equal(f, want[[0, 1, 2], np.add(ids, 1)] - cum)):
+            return None
     return fn
 
 
@@ -266,6 +287,43 @@ def qmatmul(x: np.ndarray, w, ws: np.ndarray, fn=None) -> np.ndarray:
     if isinstance(w, Packed):
         return _run_packed(fn.lib, q, w, threads(), sx, ws)
     return _run(fn, q, w, threads(), sx, ws)
+
+
+def quant(x: np.ndarray, levels: int, lib=None) -> tuple[np.ndarray, np.ndarray]:
+    """``engine_portable._quant`` in C: (q int16, scale float64 (..., 1))."""
+    lib = lib or load().lib
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    K = x.shape[-1]
+    q = np.empty(x.shape, dtype=np.int16)
+    s = np.empty(x.shape[:-1] + (1,), dtype=np.float64)
+    lib.quant16(x.ctypes.data, x.size // K, K, float(levels), q.ctypes.data, s.ctypes.data)
+    return q, s
+
+
+def rmsnorm(x: np.ndarray, g: np.ndarray, eps: float, lib=None) -> np.ndarray:
+    """``engine_portable.rmsnorm`` in C."""
+    lib = lib or load().lib
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    out = np.empty_like(x)
+    lib.rmsnorm(x.ctypes.data, x.size // x.shape[-1], x.shape[-1], g.ctypes.data, float(eps), out.ctypes.data)
+    return out
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, lib=None) -> np.ndarray:
+    """``engine_portable.rope`` in C; x (n, t, heads, dim) may be a view with rows spaced evenly."""
+    lib = lib or load().lib
+    n, t, heads, dim = x.shape
+    if not (x.dtype == np.float64 and x.strides[3] == 8 and x.strides[2] == dim * 8
+            and x.strides[0] == t * x.strides[1]):
+        x = np.ascontiguousarray(x, dtype=np.float64)
+    cos = np.ascontiguousarray(cos, dtype=np.float64)
+    sin = np.ascontiguousarray(sin, dtype=np.float64)
+    assert cos.shape == sin.shape and cos.shape[0] == t and 2 * cos.shape[1] <= dim
+    out = np.empty((n, t, heads, dim), dtype=np.float64)
+    lib.rope(x.ctypes.data, n * t, x.strides[1] // 8, t, heads, dim, cos.shape[1], cos.ctypes.data, sin.ctypes.data,
+             out.ctypes.data)
+    return out
 
 
 def swiglu(gu: np.ndarray, table: np.ndarray, rng: float, steps: float, lib=None) -> np.ndarray:
@@ -359,6 +417,23 @@ def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=
     n, V = x.shape
     cum = np.empty((n, width + 1), dtype=np.int64)
     fixed = np.empty((n, V), dtype=np.int32)
-    lib.freq_cum(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, fixed.ctypes.data,
-                 cum.ctypes.data, _nt(n * V * 8))
+    if not lib.freq_cum(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, fixed.ctypes.data,
+                        cum.ctypes.data, _nt(n * V * 8)):
+        raise MemoryError("out of memory in the frequency tables")
     return cum
+
+
+def freq_sym(logits: np.ndarray, ids: np.ndarray, width: int, table: np.ndarray, total: int,
+             lib=None) -> tuple[np.ndarray, np.ndarray]:
+    """(cum, freq) of ``ids`` under the rows of float32 logits (n, V): ``freqs.symbols``."""
+    lib = lib or load().lib
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    n, V = x.shape
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    assert ids.shape == (n,) and (n == 0 or (ids.min() >= 0 and ids.max() < width))
+    cum, freq = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    fixed = np.empty((n, V), dtype=np.int32)
+    if not lib.freq_sym(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, ids.ctypes.data,
+                        fixed.ctypes.data, cum.ctypes.data, freq.ctypes.data, _nt(n * V * 8)):
+        raise MemoryError("out of memory in the frequency tables")
+    return cum, freq
