@@ -320,7 +320,7 @@ class PortableEngine:
             return self._attend_numpy(qq, sq, pos, cache, li, end, svmax, n, t, G, D)
         # the same arithmetic in C (kernel.softmax_p), without the temporaries
         q8 = qq.astype(np.int8)
-        acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1
+        acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, cache.k[li], own, out=acc[..., P:])
         if sh is not None and n == 1:
             kernel.attn_scores(q8, sh.k[li, :1], P, out=acc[..., :P])
@@ -329,7 +329,7 @@ class PortableEngine:
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
         shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
         p, esum = kernel.softmax_p(acc, sq[..., 0], cache.sk[li], cache.sv[li], svmax, pos, self.inv_sqrt_d,
-                                   tables.ATT_STEPS, _EXP, shared)
+                                   tables.ATT_STEPS, _EXP, shared, out=acc)  # weights over the scores, in place
         pv = kernel.attn_values(p[..., P:], cache.v[li])
         # exact integer sums: splitting them between shared and own keys changes nothing
         if sh is not None and n == 1:

@@ -380,13 +380,15 @@ def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
 
 def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, svmax: np.ndarray,
               pos: np.ndarray, inv: float, steps: float, table: np.ndarray,
-              shared: tuple[np.ndarray, np.ndarray] | None = None, lib=None) -> tuple[np.ndarray, np.ndarray]:
+              shared: tuple[np.ndarray, np.ndarray] | None = None, lib=None,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Integer attention weights and their row sums (see ``softmax_rows`` in _qgemm.c).
 
     acc int32 (n, H, R, T); sq, svmax float64 (n, H, R); pos int64 (R).  Key scales: ``shared``
     = (sk0, sv0), float64 (n, H, P) views (a shared prefix, e.g. broadcast over streams), for keys
     0..P-1, and sk, sv float64 (n, H, cap) with cap >= T - P for the rest.
-    Returns p int32 (n, H, R, T) and esum int64 (n, H, R).
+    Returns p int32 (n, H, R, T), written into ``out`` when given (it may be ``acc``), and esum
+    int64 (n, H, R).
     """
     lib = lib or load().lib
     n, H, R, T = acc.shape
@@ -399,7 +401,9 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     svmax = np.ascontiguousarray(svmax, dtype=np.float64)
     pos = np.ascontiguousarray(pos, dtype=np.int64)
     table = np.ascontiguousarray(table, dtype=np.int64)
-    p = np.empty((n, H, R, T), dtype=np.int32)
+    # out may be acc itself: each row's scores are all read before its weights are written
+    p = np.empty((n, H, R, T), dtype=np.int32) if out is None else out
+    assert p.shape == (n, H, R, T) and p.dtype == np.int32 and p.flags.c_contiguous
     esum = np.empty((n, H, R), dtype=np.int64)
     lib.softmax_p_mt(acc.ctypes.data, sq.ctypes.data, sk0.ctypes.data, sv0.ctypes.data, P,
                      sk0.strides[0] // 8, sk0.strides[1] // 8, H, sk.ctypes.data, sv.ctypes.data,
