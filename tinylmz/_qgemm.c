@@ -300,7 +300,7 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
     int64_t K4 = (K + 3) / 4;
     if (N % 16 || K > 65536)
         return 0;
-    uint8_t *xs = aligned_alloc(64, (size_t)(2 * n * K4 * 4 + 64));
+    uint8_t *xs = aligned_alloc(64, (size_t)((2 * n * K4 * 4 + 127) / 64 * 64)); /* a multiple of 64 (C11) */
     if (!xs)
         return 0;
     uint8_t *xl = xs, *xh = xs + n * K4 * 4;

@@ -266,7 +266,7 @@ class PortableEngine:
         self.rope.ensure(p0 + t)
         cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
         H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
-        x = w.embd_q[ids].astype(np.float64) * w.embd_s[ids][..., None]
+        x = w.embed_rows(ids).astype(np.float64) * w.embd_s[ids][..., None]
         for li, layer in enumerate(w.layers):
             h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])

@@ -238,11 +238,17 @@ class Packed:
         self.lib = lib or load().lib
         self.n, self.k = q.shape
         n16, k4 = -(-self.n // 16) * 16, -(-self.k // 4)
-        padded = np.zeros((n16, k4 * 4), dtype=np.int8)
-        padded[: self.n, : self.k] = q
-        self.p = np.ascontiguousarray(padded.reshape(n16 // 16, 16, k4, 4).transpose(0, 2, 1, 3))
-        self.wsum = padded.sum(axis=1, dtype=np.int32)
+        if (n16, k4 * 4) != q.shape:
+            padded = np.zeros((n16, k4 * 4), dtype=np.int8)
+            padded[: self.n, : self.k] = q
+            q = padded
+        self.p = np.ascontiguousarray(q.reshape(n16 // 16, 16, k4, 4).transpose(0, 2, 1, 3))
+        self.wsum = q.sum(axis=1, dtype=np.int32)
         self.n16 = n16
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of the matrix (int8, shape ids.shape + (K,)), read from the packed layout."""
+        return self.p[ids // 16, :, ids % 16, :].reshape(*np.shape(ids), -1)[..., : self.k]
 
 
 def packs() -> bool:

@@ -70,12 +70,12 @@ class QLinear:
         """The operand of ``kernel.qmatmul`` (None on the numpy path)."""
         return self.packed if self.packed is not None else self.q
 
-    def rows(self) -> np.ndarray:
-        """The int8 matrix (N, K), whichever form is held."""
+    def rows(self, ids: np.ndarray | None = None) -> np.ndarray:
+        """The int8 matrix (N, K), or its rows ``ids`` (shape ids.shape + (K,)), whichever form is held."""
         if self.packed is not None:
-            p = self.packed
-            return p.p.transpose(0, 2, 1, 3).reshape(p.n16, -1)[: self.n, : self.k]
-        return self.q if self.q is not None else self.t.T.astype(np.int8)
+            return self.packed.rows(np.arange(self.n) if ids is None else ids)
+        full = self.q if self.q is not None else self.t.T
+        return (full if ids is None else full[ids]).astype(np.int8, copy=False)
 
 
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +177,11 @@ class Weights:
             names = set(z.files)
             self.cfg = Config(**{k[4:]: z[k].item() for k in names if k.startswith("cfg.")})
             lin = lambda n: QLinear(z[n + ".q"], z[n + ".s"], native)  # noqa: E731
-            self.embd_q = z["embd.q"]  # int8 rows for the input lookup
             self.embd_s = z["embd.s"].astype(np.float64)
-            self.head = lin("head") if "head.q" in names else QLinear(self.embd_q, z["embd.s"], native)
+            if "head.q" in names:
+                self.head, self._embd_q = lin("head"), z["embd.q"]
+            else:  # tied: the input rows are read from the output matrix, whatever its form (no second copy)
+                self.head, self._embd_q = QLinear(z["embd.q"], z["embd.s"], native), None
             self.out_norm = z["out_norm"].astype(np.float64)
             self.layers = []
             for i in range(self.cfg.n_layer):
@@ -193,3 +195,7 @@ class Weights:
                         down=lin(f"{i}.down"),
                     )
                 )
+
+    def embed_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The int8 embedding rows of token ids (scales: ``embd_s``)."""
+        return self._embd_q[ids] if self._embd_q is not None else self.head.rows(ids)
