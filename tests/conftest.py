@@ -37,6 +37,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("tiny-model") / "tiny.gguf")
 
 
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with heads of 64 (the real models' size): the native kernel's lane-wise paths."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("wide-model") / "wide.gguf", n_embd=128, n_head=2, n_head_kv=1)
+
+
 def _default_model_file() -> Path | None:
     try:
         dist = importlib.metadata.distribution(DEFAULT_PACKAGE)

@@ -149,6 +149,34 @@ def test_attention_products_are_exact(R, T):
     assert np.array_equal(kernel.attn_values(p, k), want)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_attention_equals_numpy(wide_model, monkeypatch, shared):
+    """Heads of 64: the encoder's one-pass attention (kernel.attend1, where the CPU has it) and the
+    decoder's kernels give the numpy engine's logits, with a shared prefix or a copied one."""
+    from tinylmz import kernel
+
+    prefix = [0] + _ids(engine_portable.SHARE_MIN + 21, seed=8).tolist()
+    if not shared:
+        monkeypatch.setattr(engine_portable, "SHARE_MIN", 10**9)
+    calls = []
+    real = kernel.attend1
+    monkeypatch.setattr(kernel, "attend1", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids = _ids(45, seed=9)  # 44 positions x 2 query heads: several row tiles, a partial one
+    out = []
+    for native in (True, False):
+        eng = _engine(wide_model, native=native)
+        pre = eng.prefill(prefix)
+        st = eng.stepper(pre, 2)
+        steps = []
+        for i in range(12):
+            steps.append(st.logits().copy())
+            st.feed([ids[i], ids[-i]])
+        out.append((np.concatenate(list(eng.score(pre, ids))), np.array(steps)))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+    assert np.array_equal(out[0][0][:12], out[0][1][:, 0])
+    assert bool(calls) == kernel.fused_attention(64, 8)
+
+
 def test_softmax_weights_equal_the_numpy_definition():
     """The vectorized weight kernel rounds exactly as engine_portable._attend_numpy, shared scales included."""
     from tinylmz import kernel, tables

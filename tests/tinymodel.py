@@ -127,9 +127,14 @@ def _add(w: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: Q) -> None:
         w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
 
 
-def write_tiny_gguf(path: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to ``path`` (same bytes for the same seed) and return it."""
+def write_tiny_gguf(path: str | Path, *, seed: int = 0, n_embd: int = N_EMBD, n_head: int = N_HEAD,
+                    n_head_kv: int = N_HEAD_KV) -> Path:
+    """Write the tiny model to ``path`` (same bytes for the same seed) and return it.
+
+    ``n_embd``/``n_head``/``n_head_kv`` change its shape (e.g. 128/2/1: heads of 64, the real
+    models' size, which the native kernel's lane-wise attention paths need)."""
     path = Path(path)
+    head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)
     tokens, types, merges = vocab()
     n_vocab = len(tokens)
@@ -140,15 +145,15 @@ def write_tiny_gguf(path: str | Path, *, seed: int = 0) -> Path:
     w.add_license("apache-2.0")
     w.add_block_count(N_LAYER)
     w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
+    w.add_embedding_length(n_embd)
     w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(int(gguf.LlamaFileType.MOSTLY_Q8_0))
     w.add_vocab_size(n_vocab)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_dimension_count(head_dim)
     w.add_add_space_prefix(False)
     w.add_add_bos_token(False)
     w.add_tokenizer_model("gpt2")
@@ -168,21 +173,21 @@ def write_tiny_gguf(path: str | Path, *, seed: int = 0) -> Path:
     def mat(rows: int, cols: int, std: float = 0.08) -> np.ndarray:
         return std * rng.standard_normal((rows, cols))
 
-    _add(w, "token_embd.weight", mat(n_vocab, N_EMBD, 0.1), Q.Q8_0)
-    _add(w, "output_norm.weight", norm(N_EMBD), Q.F32)
-    kv = N_HEAD_KV * HEAD_DIM
+    _add(w, "token_embd.weight", mat(n_vocab, n_embd, 0.1), Q.Q8_0)
+    _add(w, "output_norm.weight", norm(n_embd), Q.F32)
+    kv = n_head_kv * head_dim
     for i in range(N_LAYER):
         p = f"blk.{i}."
         ffn_type = Q.Q8_0 if i == 0 else Q.F16
-        _add(w, p + "attn_norm.weight", norm(N_EMBD), Q.F32)
-        _add(w, p + "attn_q.weight", mat(N_EMBD, N_EMBD), Q.Q4_1)
-        _add(w, p + "attn_k.weight", mat(kv, N_EMBD), Q.Q4_1)
-        _add(w, p + "attn_v.weight", mat(kv, N_EMBD), Q.Q4_1)
-        _add(w, p + "attn_output.weight", mat(N_EMBD, N_EMBD), Q.Q4_1)
-        _add(w, p + "ffn_norm.weight", norm(N_EMBD), Q.F32)
-        _add(w, p + "ffn_gate.weight", mat(N_FF, N_EMBD), ffn_type)
-        _add(w, p + "ffn_up.weight", mat(N_FF, N_EMBD), ffn_type)
-        _add(w, p + "ffn_down.weight", mat(N_EMBD, N_FF), ffn_type)
+        _add(w, p + "attn_norm.weight", norm(n_embd), Q.F32)
+        _add(w, p + "attn_q.weight", mat(n_embd, n_embd), Q.Q4_1)
+        _add(w, p + "attn_k.weight", mat(kv, n_embd), Q.Q4_1)
+        _add(w, p + "attn_v.weight", mat(kv, n_embd), Q.Q4_1)
+        _add(w, p + "attn_output.weight", mat(n_embd, n_embd), Q.Q4_1)
+        _add(w, p + "ffn_norm.weight", norm(n_embd), Q.F32)
+        _add(w, p + "ffn_gate.weight", mat(N_FF, n_embd), ffn_type)
+        _add(w, p + "ffn_up.weight", mat(N_FF, n_embd), ffn_type)
+        _add(w, p + "ffn_down.weight", mat(n_embd, N_FF), ffn_type)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -318,8 +318,14 @@ class PortableEngine:
             svmax = np.maximum(svmax, sh.sv_max(li)[None, :, None])
         if not self.native:
             return self._attend_numpy(qq, sq, pos, cache, li, end, svmax, n, t, G, D)
-        # the same arithmetic in C (kernel.softmax_p), without the temporaries
+        # the same arithmetic in C, without the temporaries
         q8 = qq.astype(np.int8)
+        if n == 1 and kernel.fused_attention(D, R):  # one stream (the encoder's case): one fused pass
+            shared = None if sh is None else (sh.k[li, 0], sh.v[li, 0], sh.sk[li, 0], sh.sv[li, 0])
+            own_kv = (cache.k[li, 0], cache.v[li, 0], cache.sk[li, 0], cache.sv[li, 0])
+            pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], own_kv, shared, P, end, svmax[0], pos,
+                                      self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+            return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, cache.k[li], own, out=acc[..., P:])
         if sh is not None and n == 1:

@@ -1,8 +1,9 @@
 """Optional native kernels for the portable engine (and the shared frequency tables).
 
-``_qgemm.c`` is compiled on first use with the system C compiler (``$CC`` or
-``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags) into the
-cache folder, keyed by the source, the compiler and the CPU, then checked
+The C files in ``tinylmz/native/`` (matrix products, attention, elementwise
+steps, frequency tables) are compiled on first use with the system C compiler
+(``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags)
+into one library in the cache folder, keyed by the sources, the compiler and the CPU, then checked
 against the numpy definitions on random data before use.  The matrix and
 attention products are integer (AVX-512 VNNI or AVX2 where the CPU has them),
 so they are exact on any machine; the few float steps done in C (dequantizing,
@@ -74,23 +75,29 @@ def load():
     from .registry import cache_dir
 
     try:
-        src = resources.files("tinylmz").joinpath("_qgemm.c").read_bytes()
-    except OSError:  # an install without the source: numpy alone (same results, slower)
+        folder = resources.files("tinylmz").joinpath("native")
+        sources = {f.name: f.read_bytes() for f in folder.iterdir() if f.name.endswith((".c", ".h"))}
+    except OSError:  # an install without the sources: numpy alone (same results, slower)
+        return None
+    if not any(name.endswith(".c") for name in sources):
         return None
     cc = os.environ.get("CC", "cc")
-    key = hashlib.sha256(src + cc.encode() + _cpu_id().encode()).hexdigest()[:16]
-    out = cache_dir() / "native" / f"qgemm-{key}.so"
+    digest = hashlib.sha256(cc.encode() + _cpu_id().encode())
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name])
+    out = cache_dir() / "native" / f"kernels-{digest.hexdigest()[:16]}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            c = os.path.join(tmp, "qgemm.c")
-            with open(c, "wb") as f:
-                f.write(src)
-            so = os.path.join(tmp, "qgemm.so")
+            for name, data in sources.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(data)
+            cfiles = [os.path.join(tmp, name) for name in sorted(sources) if name.endswith(".c")]
+            so = os.path.join(tmp, "kernels.so")
             for flags in (["-march=native", "-fopenmp"], ["-march=native"], []):
-                # -ffp-contract=off: the float steps of softmax_p must round exactly like numpy's
+                # -ffp-contract=off: the float steps must round exactly like numpy's
                 r = subprocess.run([cc, "-O3", *flags, "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
-                                    c, "-o", so, "-lm"],
+                                    *cfiles, "-o", so, "-lm"],
                                    capture_output=True)
                 if r.returncode == 0:
                     os.replace(so, out)
@@ -116,6 +123,9 @@ def load():
     lib.softmax_p_mt.argtypes = [p, p, p, p] + [i64] * 4 + [p] * 4 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
     lib.qgemm_lanes_available.restype = lib.qgemm_lanes.restype = i64
     lib.qgemm_lanes.argtypes = [p, i64, i64, p, p, i64, p, p, p, p, i64]
+    lib.attend1.restype = i64
+    lib.attend1.argtypes = [p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, f64, f64,
+                            p, i64, p, p, i64]
     lib.rmsnorm.restype = lib.rope.restype = None
     lib.rmsnorm.argtypes = [p, i64, i64, p, f64, p]
     lib.rope.argtypes = [p, i64, i64, i64, i64, i64, i64, p, p, p]
@@ -187,6 +197,9 @@ def load():
     if not (np.array_equal(p, want_p) and np.array_equal(esum, want_esum)):
         return None
 
+    if lib.qgemm_lanes_available() and not _check_attend1(lib, rng):
+        return None
+
     lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
     lg[1, 5:9] = lg[1].max()  # ties for the maximum
     lg[2, :3] = (np.nan, np.inf, -np.inf)
@@ -230,7 +243,7 @@ def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> 
 
 
 class Packed:
-    """An int8 matrix (N x K) laid out for ``qgemm_lanes`` (see _qgemm.c): blocks of 16 rows,
+    """An int8 matrix (N x K) laid out for ``qgemm_lanes`` (see native/matmul.c): blocks of 16 rows,
     each a run of 4-column quads, plus the row sums.  N is padded to a multiple of 16 with
     zero rows (their products are computed and dropped)."""
 
@@ -384,11 +397,79 @@ def attn_values(p: np.ndarray, v: np.ndarray, lib=None) -> np.ndarray:
     return o
 
 
+def _check_attend1(lib, rng) -> bool:
+    """attend1 against the separate kernels (checked themselves), with a shared prefix and a row
+    tile past the first, some weights of 2^16 and keys beyond some rows' positions."""
+    from . import tables
+
+    H, R, P, own = 2, 18, 20, 9
+    T = P + own
+    q = rng.integers(-127, 128, (H, R, 64)).astype(np.int8)
+    kv = [rng.integers(-127, 128, (H, n, 64)).astype(np.int8) for n in (P + 3, own + 2, P + 3, own + 2)]
+    sc = [rng.random((H, n)) * 0.05 for n in (P + 3, own + 2, P + 3, own + 2)]
+    sc[2][:] = 0.3  # the largest value scale, in the shared part: a row whose top key is there weighs it 2^16
+    sq = rng.random((H, R)) * 1e-3
+    pos = np.repeat(np.arange(P, T), 2)  # 2 query rows per position, as with 2 heads per kv head
+    svmax = np.maximum(sc[2][:, :P].max(-1)[:, None], np.maximum.accumulate(sc[3][:, :own], -1)[:, pos - P])
+    table = tables.att_exp()
+    o, esum = attend1(q, sq, (kv[1], kv[3], sc[1], sc[3]), (kv[0], kv[2], sc[0], sc[2]), P, T, svmax, pos, 0.125,
+                      tables.ATT_STEPS, table, lib)
+    one = lambda a: a.reshape(1, *a.shape)  # noqa: E731 - a stream axis with proper strides
+    acc = np.empty((1, H, R, T), np.int32)
+    attn_scores(one(q), one(kv[1]), own, lib, out=acc[..., P:])
+    attn_scores(one(q), one(kv[0]), P, lib, out=acc[..., :P])
+    p, es = softmax_p(acc, one(sq), one(sc[1]), one(sc[3]), one(svmax), pos, 0.125, tables.ATT_STEPS, table,
+                      (one(sc[0])[..., :P], one(sc[2])[..., :P]), lib)
+    pv = attn_values(p[..., P:], one(kv[3]), lib) + attn_values(p[..., :P], one(kv[2]), lib)
+    assert (p == 1 << 16).any() and (p[..., P:] > 0).any()
+    return bool(np.array_equal(o, pv[0]) and np.array_equal(esum, es[0]))
+
+
+def fused_attention(head_dim: int, rows: int) -> bool:
+    """Whether ``attend1`` runs here for one stream's query rows (AVX-512 VNNI, head size 64)."""
+    return head_dim == 64 and rows >= 8 and packs()
+
+
+def attend1(q: np.ndarray, sq: np.ndarray, own: tuple, shared: tuple | None, P: int, end: int, svmax: np.ndarray,
+            pos: np.ndarray, inv: float, steps: float, table: np.ndarray, lib=None) -> tuple[np.ndarray, np.ndarray]:
+    """One stream's attention in one pass (see ``attend1`` in native/attention.c): the products
+    ``attn_scores``, ``softmax_p`` and ``attn_values`` would give, without the score matrix.
+
+    q int8 (H, R, 64), sq and svmax float64 (H, R), pos int64 (R).  ``own`` = (k, v, sk, sv):
+    the stream's cache for one layer, k/v int8 (H, cap, 64) and sk/sv float64 (H, cap);
+    ``shared`` likewise for a shared prefix of P positions (or None, P = 0); keys 0..end-1.
+    Returns pv int64 (H, R, 64) and esum int64 (H, R).
+    """
+    lib = lib or load().lib
+    H, R, D = q.shape
+    assert D == 64
+    k1, v1, sk1, sv1 = own
+    k0, v0, sk0, sv0 = shared if shared is not None else own
+    assert (shared is None) == (P == 0) and 0 <= P < end
+    for k, v, sk, sv in ((k0, v0, sk0, sv0), (k1, v1, sk1, sv1)):
+        assert k.strides == v.strides and k.strides[2] == 1 and k.strides[1] == D and k.dtype == v.dtype == np.int8
+        assert sk.strides == sv.strides and sk.strides[1] == 8 and sk.dtype == sv.dtype == np.float64
+    q = np.ascontiguousarray(q, dtype=np.int8)
+    sq = np.ascontiguousarray(sq, dtype=np.float64)
+    svmax = np.ascontiguousarray(svmax, dtype=np.float64)
+    pos = np.ascontiguousarray(pos, dtype=np.int64)
+    table = np.ascontiguousarray(table, dtype=np.int64)
+    o = np.empty((H, R, D), dtype=np.int64)
+    esum = np.empty((H, R), dtype=np.int64)
+    if not lib.attend1(q.ctypes.data, sq.ctypes.data, H, R, k0.ctypes.data, v0.ctypes.data, k0.strides[0],
+                       sk0.ctypes.data, sv0.ctypes.data, sk0.strides[0] // 8, P, k1.ctypes.data, v1.ctypes.data,
+                       k1.strides[0], sk1.ctypes.data, sv1.ctypes.data, sk1.strides[0] // 8, end, svmax.ctypes.data,
+                       pos.ctypes.data, float(inv), float(steps), table.ctypes.data, len(table), o.ctypes.data,
+                       esum.ctypes.data, threads()):
+        raise MemoryError("out of memory in the attention kernel")
+    return o, esum
+
+
 def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, svmax: np.ndarray,
               pos: np.ndarray, inv: float, steps: float, table: np.ndarray,
               shared: tuple[np.ndarray, np.ndarray] | None = None, lib=None,
               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Integer attention weights and their row sums (see ``softmax_rows`` in _qgemm.c).
+    """Integer attention weights and their row sums (see ``softmax_rows`` in native/attention.c).
 
     acc int32 (n, H, R, T); sq, svmax float64 (n, H, R); pos int64 (R).  Key scales: ``shared``
     = (sk0, sv0), float64 (n, H, P) views (a shared prefix, e.g. broadcast over streams), for keys

@@ -1,0 +1,574 @@
+#include "common.h"
+
+/* Attention products, batched over B = streams x kv-heads; integer and exact.
+ *
+ *   qk: s[b][r][j] = sum_d q[b][r][d] * k[b][j][d]     q, k int8; |s| <= D * 127^2 (int32)
+ *   pv: o[b][r][d] = sum_j p[b][r][j] * v[b][j][d]     p int32 (<= 2^16), v int8; int64
+ *
+ * k and v are read with a stride per batch (the cache's capacity), so the
+ * cache is used in place without copies; rows of s and p have a stride ld (>= T),
+ * so scores can be written into, and weights read from, part of a wider row.
+ */
+
+/* Dot products of int8 vectors of length D stay below D * 127^2 < 2^31 for D <= 2^17, so
+ * int32 is exact everywhere here.  The SIMD paths widen to int16 and use the same mac() as
+ * the matrix product; 4 query rows share each key's loads. */
+static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s, int64_t ld)
+{
+#if VEC > 1
+    acc_t kv[256 / VEC];
+    for (int64_t r0 = 0; r0 < R; r0 += 4) {
+        int64_t rn = R - r0 < 4 ? R - r0 : 4;
+        for (int64_t j = 0; j < T; j++) {
+            for (int64_t c = 0; c < D / VEC; c++)
+                kv[c] = load_w(kb + j * D + c * VEC);
+            for (int64_t r = r0; r < r0 + rn; r++) {
+                acc_t a = acc_zero();
+                for (int64_t c = 0; c < D / VEC; c++)
+                    a = mac(a, load_x(q16 + r * D + c * VEC), kv[c]);
+                s[r * ld + j] = (int32_t)acc_sum(a);
+            }
+        }
+    }
+#else
+    (void)q16; (void)kb; (void)R; (void)T; (void)D; (void)s; (void)ld;
+#endif
+}
+
+#if LANES
+#include <string.h>
+/* Lane-wise attention for D = 64 and many query rows (AVX-512 VNNI): no horizontal sums.
+ *
+ * Scores: keys are transposed into blocks of 16 (kt: per block, vector c holds bytes
+ * 4c..4c+3 of the block's 16 keys, one key per lane) and multiplied with vpdpbusd, which
+ * takes unsigned bytes on one side: q + 128 (|q| <= 127, so 1..255), and the excess
+ * 128 * sum_d k[j][d] (corr) is subtracted.  A lane stays below 255 * 127 * 64 < 2^31.
+ *
+ * Values: keys are taken 4 at a time (vt: per quad 4 vectors; vector X, 128-bit lane L,
+ * dword i holds the quad's 4 values of d = 16 L + 4 X + i) and each weight is split into its
+ * low and high byte (0 <= p <= 2^16), two vpdpbusd sums combined as 256 hi + lo.  The one
+ * weight that does not split so, p = 2^16 (high byte 256), is coded as 255 * 256 and the
+ * missing 256 v added on its own.  128 keys sum below 256 * 128 * 255 * 127 + 128 * 255 * 127
+ * < 2^31 in int32 before they are added into int64.
+ *
+ * Both give the same exact integers as the row-by-row paths. */
+
+typedef struct {
+    const int8_t *a, *b;
+    int64_t P;
+} keys_t; /* key (or value row) j: a + 64 j for j < P, else b + 64 (j - P) */
+
+static inline const int8_t *key_at(keys_t k, int64_t j) { return j < k.P ? k.a + 64 * j : k.b + 64 * (j - k.P); }
+
+/* kt: 16 vectors per block of 16 keys, corr: one per block ((T + 15) / 16 blocks). */
+static void pack_keys(keys_t k, int64_t T, __m512i *kt, __m512i *corr)
+{
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        int32_t blk[16][16];
+        for (int l = 0; l < 16; l++)
+            if (j0 + l < T)
+                for (int c = 0; c < 16; c++)
+                    memcpy(&blk[c][l], key_at(k, j0 + l) + 4 * c, 4);
+            else
+                for (int c = 0; c < 16; c++)
+                    blk[c][l] = 0;
+        __m512i sum = _mm512_setzero_si512();
+        for (int c = 0; c < 16; c++) {
+            kt[j0 + c] = _mm512_loadu_si512((const void *)blk[c]);
+            sum = _mm512_dpbusd_epi32(sum, ones, kt[j0 + c]); /* 1 * k: sums of signed bytes */
+        }
+        corr[j0 / 16] = _mm512_slli_epi32(sum, 7);
+    }
+}
+
+/* q ^ 0x80 (= q + 128 as unsigned bytes) for R rows of 64, zero rows up to a multiple of 8. */
+static void unsigned_rows(const int8_t *q, int64_t R, uint32_t *qu)
+{
+    int64_t R8 = (R + 7) / 8 * 8;
+    for (int64_t i = 0; i < R * 64; i++)
+        ((uint8_t *)qu)[i] = (uint8_t)q[i] ^ 0x80;
+    for (int64_t i = R * 64; i < R8 * 64; i++)
+        ((uint8_t *)qu)[i] = 0; /* padding rows: computed, never stored */
+}
+
+/* s[r][j] = q[r] . k[j] for r < R, j < T, from unsigned_rows and pack_keys. */
+static void scores_rows(const uint32_t *qu, int64_t R, const __m512i *kt, const __m512i *corr, int64_t T,
+                        int32_t *s, int64_t ld)
+{
+    for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        __mmask16 m = (__mmask16)(T - j0 >= 16 ? 0xFFFF : (1u << (T - j0)) - 1);
+        for (int64_t r0 = 0; r0 < R; r0 += 8) {
+            const uint32_t *qr = qu + r0 * 16;
+            __m512i a[8];
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm512_setzero_si512();
+            for (int c = 0; c < 16; c++) {
+                __m512i kv = _mm512_load_si512((const void *)(kt + j0 + c));
+                for (int r = 0; r < 8; r++)
+                    a[r] = _mm512_dpbusd_epi32(a[r], _mm512_set1_epi32((int)qr[r * 16 + c]), kv);
+            }
+            int64_t rn = R - r0 < 8 ? R - r0 : 8;
+            for (int64_t r = 0; r < rn; r++)
+                _mm512_mask_storeu_epi32(s + (r0 + r) * ld + j0, m, _mm512_sub_epi32(a[r], corr[j0 / 16]));
+        }
+    }
+}
+
+/* vt: 4 vectors per quad of values ((T + 3) / 4 quads). */
+static void pack_values(keys_t v, int64_t T, __m512i *vt)
+{
+    for (int64_t qd = 0; qd < (T + 3) / 4; qd++) {
+        __m512i x[4];
+        for (int i = 0; i < 4; i++)
+            x[i] = 4 * qd + i < T ? _mm512_loadu_si512((const void *)key_at(v, 4 * qd + i)) : _mm512_setzero_si512();
+        __m512i ab0 = _mm512_unpacklo_epi8(x[0], x[1]), ab1 = _mm512_unpackhi_epi8(x[0], x[1]);
+        __m512i cd0 = _mm512_unpacklo_epi8(x[2], x[3]), cd1 = _mm512_unpackhi_epi8(x[2], x[3]);
+        vt[4 * qd + 0] = _mm512_unpacklo_epi16(ab0, cd0);
+        vt[4 * qd + 1] = _mm512_unpackhi_epi16(ab0, cd0);
+        vt[4 * qd + 2] = _mm512_unpacklo_epi16(ab1, cd1);
+        vt[4 * qd + 3] = _mm512_unpackhi_epi16(ab1, cd1);
+    }
+}
+
+#define PV_KEYS 128 /* keys per int32 block */
+#define PV_QUADS (PV_KEYS / 4)
+
+/* o[r] = sum_j p[r][j] v[j] (int64, r < R, j < T) from pack_values; v itself is read for the
+ * rare weights of 2^16.  plo, phi: scratch of PV_QUADS dwords per row, R rounded up to 2. */
+static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, const __m512i *vt, keys_t v, int64_t *o,
+                        uint32_t *plo, uint32_t *phi)
+{
+    const __m512i lo8 = _mm512_set1_epi32(0xFF), top = _mm512_set1_epi32(0xFFFF);
+    int64_t R2 = (R + 1) / 2 * 2;
+    for (int64_t i = 0; i < R * 64; i++)
+        o[i] = 0;
+    for (int64_t i = R * PV_QUADS; i < R2 * PV_QUADS; i++)
+        plo[i] = phi[i] = 0; /* a padding row weighs 0 */
+    for (int64_t j0 = 0; j0 < T; j0 += PV_KEYS) {
+        int64_t nk = T - j0 < PV_KEYS ? T - j0 : PV_KEYS, nq = (nk + 3) / 4;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t jj = 0; jj < nk; jj += 16) {
+                __mmask16 m = (__mmask16)(nk - jj >= 16 ? 0xFFFF : (1u << (nk - jj)) - 1);
+                __m512i w = _mm512_maskz_loadu_epi32(m, p + r * ld + j0 + jj);
+                _mm_storeu_si128((__m128i *)(plo + r * PV_QUADS + jj / 4), _mm512_cvtepi32_epi8(_mm512_and_si512(w, lo8)));
+                _mm_storeu_si128((__m128i *)(phi + r * PV_QUADS + jj / 4), _mm512_cvtusepi32_epi8(_mm512_srli_epi32(w, 8)));
+                for (__mmask16 big = _mm512_cmpgt_epi32_mask(w, top); big; big &= big - 1) {
+                    const int8_t *vj = key_at(v, j0 + jj + __builtin_ctz(big));
+                    for (int d = 0; d < 64; d++)
+                        o[r * 64 + d] += 256 * (int64_t)vj[d];
+                }
+            }
+        const __m512i *vb = vt + j0; /* 4 vectors per quad: quad j0 / 4 starts at vector j0 */
+        for (int64_t r0 = 0; r0 < R2; r0 += 2) {
+            __m512i lo[2][4], hi[2][4];
+            for (int r = 0; r < 2; r++)
+                for (int c = 0; c < 4; c++)
+                    lo[r][c] = hi[r][c] = _mm512_setzero_si512();
+            for (int64_t qd = 0; qd < nq; qd++) {
+                __m512i vv[4];
+                for (int c = 0; c < 4; c++)
+                    vv[c] = _mm512_load_si512((const void *)(vb + 4 * qd + c));
+                for (int r = 0; r < 2; r++) {
+                    __m512i bl = _mm512_set1_epi32((int)plo[(r0 + r) * PV_QUADS + qd]);
+                    __m512i bh = _mm512_set1_epi32((int)phi[(r0 + r) * PV_QUADS + qd]);
+                    for (int c = 0; c < 4; c++) {
+                        lo[r][c] = _mm512_dpbusd_epi32(lo[r][c], bl, vv[c]);
+                        hi[r][c] = _mm512_dpbusd_epi32(hi[r][c], bh, vv[c]);
+                    }
+                }
+            }
+            int64_t rn = R - r0 < 2 ? R - r0 : 2;
+            for (int64_t r = 0; r < rn; r++) {
+                __m512i t[4], n[4];
+                for (int c = 0; c < 4; c++)
+                    t[c] = _mm512_add_epi32(_mm512_slli_epi32(hi[r][c], 8), lo[r][c]);
+                /* 4 x 4 transpose of 128-bit lanes: n[L] = lane L of t[0..3] = d 16 L .. 16 L + 15 */
+                __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44), t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
+                __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE), t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
+                n[0] = _mm512_shuffle_i32x4(t01l, t23l, 0x88);
+                n[1] = _mm512_shuffle_i32x4(t01l, t23l, 0xDD);
+                n[2] = _mm512_shuffle_i32x4(t01h, t23h, 0x88);
+                n[3] = _mm512_shuffle_i32x4(t01h, t23h, 0xDD);
+                for (int c = 0; c < 4; c++) {
+                    int64_t *out = o + (r0 + r) * 64 + 16 * c;
+                    __m512i x0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(n[c]));
+                    __m512i x1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(n[c], 1));
+                    _mm512_storeu_si512(out, _mm512_add_epi64(_mm512_loadu_si512(out), x0));
+                    _mm512_storeu_si512(out + 8, _mm512_add_epi64(_mm512_loadu_si512(out + 8), x1));
+                }
+            }
+        }
+    }
+}
+
+/* qk and pv of one batch through the helpers above (0: out of memory, nothing written). */
+static int qk_lanes(const int8_t *q, const int8_t *k, int64_t R, int64_t T, int32_t *s, int64_t ld)
+{
+    int64_t blocks = (T + 15) / 16, R8 = (R + 7) / 8 * 8;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(blocks * 17 + R8));
+    if (!buf)
+        return 0;
+    keys_t kk = {k, k, T};
+    pack_keys(kk, T, buf, buf + blocks * 16);
+    unsigned_rows(q, R, (uint32_t *)(buf + blocks * 17));
+    scores_rows((const uint32_t *)(buf + blocks * 17), R, buf, buf + blocks * 16, T, s, ld);
+    free(buf);
+    return 1;
+}
+
+static int pv_lanes(const int32_t *p, const int8_t *v, int64_t R, int64_t T, int64_t *o, int64_t ld)
+{
+    int64_t quads = (T + 3) / 4, R2 = (R + 1) / 2 * 2;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(quads * 4 + (2 * R2 * PV_QUADS + 15) / 16));
+    if (!buf)
+        return 0;
+    keys_t vv = {v, v, T};
+    pack_values(vv, T, buf);
+    uint32_t *plo = (uint32_t *)(buf + quads * 4);
+    values_rows(p, ld, R, T, buf, vv, o, plo, plo + R2 * PV_QUADS);
+    free(buf);
+    return 1;
+}
+#endif
+
+void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
+        int64_t kstride, int32_t *s, int64_t ld)
+{
+#if LANES
+    if (R >= 8 && D == 64) { /* enough rows to pay for the transposition */
+        int64_t b = 0;
+        while (b < B && qk_lanes(q + b * R * D, k + b * kstride, R, T, s + b * R * ld, ld))
+            b++;
+        q += b * R * D, k += b * kstride, s += b * R * ld, B -= b; /* the rest (if out of memory) below */
+    }
+#endif
+    int simd = VEC > 1 && D % VEC == 0 && D <= 256;
+    int16_t *q16 = simd ? malloc(sizeof(int16_t) * R * D) : NULL;
+    if (!q16)
+        simd = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const int8_t *kb = k + b * kstride;
+        if (simd) {
+            for (int64_t i = 0; i < R * D; i++)
+                q16[i] = q[b * R * D + i];
+            qk_rows(q16, kb, R, T, D, s + b * R * ld, ld);
+            continue;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const int8_t *qr = q + (b * R + r) * D;
+            int32_t *sr = s + (b * R + r) * ld;
+            for (int64_t j = 0; j < T; j++) {
+                const int8_t *kj = kb + j * D;
+                int32_t acc = 0;
+                for (int64_t d = 0; d < D; d++)
+                    acc += (int32_t)qr[d] * (int32_t)kj[d];
+                sr[j] = acc;
+            }
+        }
+    }
+    free(q16);
+}
+
+/* p <= 2^16 and |v| <= 127: 128 products sum below 2^31, so int32 partial sums in blocks of
+ * 128 keys, added into int64.  4 query rows share each value row's loads; a key whose weight
+ * is 0 in all of them is skipped. */
+
+void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
+        int64_t vstride, int64_t *o, int64_t ld)
+{
+#if LANES
+    if (R >= 8 && D == 64) { /* enough rows to pay for laying out the values */
+        int64_t b = 0;
+        while (b < B && pv_lanes(p + b * R * ld, v + b * vstride, R, T, o + b * R * D, ld))
+            b++;
+        p += b * R * ld, v += b * vstride, o += b * R * D, B -= b;
+    }
+#endif
+    for (int64_t b = 0; b < B; b++) {
+        const int8_t *vb = v + b * vstride;
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            int64_t rn = R - r0 < 4 ? R - r0 : 4;
+            const int32_t *pr = p + (b * R + r0) * ld;
+            int64_t acc[4][256];
+            int32_t part[4][256];
+            for (int64_t r = 0; r < rn; r++)
+                for (int64_t d = 0; d < D; d++)
+                    acc[r][d] = 0;
+#if defined(__AVX512F__)
+            if (D == 64) { /* the common head size: 4 rows x 64 in 16 registers (missing rows weigh 0) */
+                for (int64_t j0 = 0; j0 < T; j0 += 128) {
+                    int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
+                    __m512i a[4][4];
+                    for (int r = 0; r < 4; r++)
+                        for (int c = 0; c < 4; c++)
+                            a[r][c] = _mm512_setzero_si512();
+                    for (int64_t j = j0; j < j1; j++) {
+                        int32_t pj[4] = {0, 0, 0, 0};
+                        for (int64_t r = 0; r < rn; r++)
+                            pj[r] = pr[r * ld + j];
+                        if (!(pj[0] | pj[1] | pj[2] | pj[3]))
+                            continue;
+                        const int8_t *vj = vb + j * D;
+                        __m512i vv[4];
+                        for (int c = 0; c < 4; c++)
+                            vv[c] = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(vj + 16 * c)));
+                        for (int r = 0; r < 4; r++) {
+                            __m512i pb = _mm512_set1_epi32(pj[r]);
+                            for (int c = 0; c < 4; c++)
+                                a[r][c] = _mm512_add_epi32(a[r][c], _mm512_mullo_epi32(pb, vv[c]));
+                        }
+                    }
+                    for (int r = 0; r < rn; r++)
+                        for (int c = 0; c < 4; c++) {
+                            _mm512_storeu_si512(part[r] + 16 * c, a[r][c]);
+                            for (int i = 0; i < 16; i++)
+                                acc[r][16 * c + i] += part[r][16 * c + i];
+                        }
+                }
+                for (int64_t r = 0; r < rn; r++)
+                    for (int64_t d = 0; d < 64; d++)
+                        o[(b * R + r0 + r) * D + d] = acc[r][d];
+                continue;
+            }
+#endif
+            for (int64_t j0 = 0; j0 < T; j0 += 128) {
+                int64_t j1 = j0 + 128 < T ? j0 + 128 : T;
+                for (int64_t r = 0; r < rn; r++)
+                    for (int64_t d = 0; d < D; d++)
+                        part[r][d] = 0;
+                for (int64_t j = j0; j < j1; j++) {
+                    const int8_t *vj = vb + j * D;
+                    int32_t any = 0;
+                    for (int64_t r = 0; r < rn; r++)
+                        any |= pr[r * ld + j];
+                    if (!any)
+                        continue;
+                    for (int64_t r = 0; r < rn; r++) {
+                        int32_t pj = pr[r * ld + j];
+                        for (int64_t d = 0; d < D; d++)
+                            part[r][d] += pj * (int32_t)vj[d];
+                    }
+                }
+                for (int64_t r = 0; r < rn; r++)
+                    for (int64_t d = 0; d < D; d++)
+                        acc[r][d] += part[r][d];
+            }
+            for (int64_t r = 0; r < rn; r++)
+                for (int64_t d = 0; d < D; d++)
+                    o[(b * R + r0 + r) * D + d] = acc[r][d];
+        }
+    }
+}
+
+/* Integer scores -> integer attention weights, exactly as engine_portable._attend_numpy does it
+ * (same IEEE double operations in the same order; build with -ffp-contract=off so that no
+ * multiply-add is fused).  For query row r at position pos[r], keys j < T, key j visible
+ * when j <= pos[r]:
+ *     s      = ((acc * sq[r]) * sk[j]) * inv
+ *     d      = min(rint((max_visible(s) - s) * steps), L - 1)
+ *     e      = table[d]                        (0 for invisible keys)
+ *     p      = rint(e * (sv[j] / svmax[r]))
+ *     esum   = sum_j e
+ * The scales of keys j < P come from sk0/sv0 (a shared prefix), the others from sk/sv at j - P,
+ * so a shared context's scales are read in place, never copied per stream.
+ */
+/* The loops of softmax_rows.  The AVX-512 forms do the same IEEE double operations on 8 keys
+ * at a time (the maximum and the integer sum do not depend on order), so their results are
+ * the scalar loops' to the bit. */
+static void scores(const int32_t *a, double qs, const double *sk, double inv, int64_t j0, int64_t j1, double *out)
+{
+    int64_t j = j0;
+#if defined(__AVX512F__)
+    __m512d vq = _mm512_set1_pd(qs), vi = _mm512_set1_pd(inv);
+    for (; j + 8 <= j1; j += 8) {
+        __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(a + j)));
+        x = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(x, vq), _mm512_loadu_pd(sk + j)), vi);
+        _mm512_storeu_pd(out + j, x);
+    }
+#endif
+    for (; j < j1; j++)
+        out[j] = (((double)a[j] * qs) * sk[j]) * inv;
+}
+
+static double row_max(const double *x, int64_t n)
+{
+    double m = -INFINITY;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512d v = _mm512_set1_pd(-INFINITY);
+    for (; j + 8 <= n; j += 8)
+        v = _mm512_max_pd(v, _mm512_loadu_pd(x + j));
+    m = _mm512_reduce_max_pd(v);
+#endif
+    for (; j < n; j++)
+        m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+/* e = table[min(rint((m - s) * steps), L - 1)];  p = rint(e * ratio);  returns sum(e). */
+static int64_t weights(const double *s, const double *ratio, int64_t n, double m, double steps,
+                       const int64_t *table, int64_t L, int32_t *p)
+{
+    int64_t total = 0, j = 0;
+#if defined(__AVX512F__)
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m512d vm = _mm512_set1_pd(m), vs = _mm512_set1_pd(steps), lim = _mm512_set1_pd((double)(L - 1));
+    __m512i sum = _mm512_setzero_si512();
+    for (; j + 8 <= n; j += 8) {
+        __m512d d = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_sub_pd(vm, _mm512_loadu_pd(s + j)), vs), rnd);
+        __mmask8 in = _mm512_cmp_pd_mask(d, lim, _CMP_LT_OQ); /* the others weigh table[L - 1] = 0 */
+        __m512i e = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), in, _mm512_cvttpd_epi32(d), table, 8);
+        sum = _mm512_add_epi64(sum, e);
+        __m512d ed = _mm512_cvtepi32_pd(_mm512_cvtepi64_epi32(e)); /* e <= 2^16 */
+        __m512d w = _mm512_roundscale_pd(_mm512_mul_pd(ed, _mm512_loadu_pd(ratio + j)), rnd);
+        _mm256_storeu_si256((__m256i *)(p + j), _mm512_cvttpd_epi32(w));
+    }
+    total = _mm512_reduce_add_epi64(sum);
+#endif
+    for (; j < n; j++) {
+        double d = nearbyint((m - s[j]) * steps);
+        int64_t e = table[d < (double)(L - 1) ? (int64_t)d : L - 1];
+        total += e;
+        p[j] = (int32_t)nearbyint((double)e * ratio[j]);
+    }
+    return total;
+}
+
+static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
+                         const double *sk, const double *sv, const double *svmax, const int64_t *pos, int64_t R,
+                         int64_t T, double inv, double steps, const int64_t *table, int64_t L, int32_t *p,
+                         int64_t *esum, double *sbuf, double *ratio)
+{
+    int64_t have = 0; /* ratio[j] = sv[j] / ratio_sm is valid for j < have (rows mostly share svmax) */
+    double ratio_sm = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const int32_t *ar = acc + r * T;
+        int32_t *pr = p + r * T;
+        int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T, shared = vis < P ? vis : P;
+        double qs = sq[r], m = -INFINITY, sm = svmax[r];
+        scores(ar, qs, sk0, inv, 0, shared, sbuf);
+        scores(ar, qs, sk - P, inv, shared, vis, sbuf);
+        m = row_max(sbuf, vis);
+        if (sm != ratio_sm)
+            have = 0;
+        for (int64_t j = have; j < shared; j++)
+            ratio[j] = sv0[j] / sm;
+        for (int64_t j = have > shared ? have : shared; j < vis; j++)
+            ratio[j] = sv[j - P] / sm;
+        if (vis > have)
+            have = vis;
+        ratio_sm = sm;
+        int64_t total = weights(sbuf, ratio, vis, m, steps, table, L, pr);
+        for (int64_t j = vis; j < T; j++)
+            pr[j] = 0;
+        esum[r] = total;
+    }
+}
+
+/* Threaded forms of qk, pv and softmax_p (OpenMP when available, else serial): tasks are
+ * whole batches when there are enough of them, otherwise row ranges of each batch.  Each
+ * task computes its own outputs with the functions above, so nt never changes a result.
+ * FOR_TASKS runs `body` once per task with b (the batch) and r0..r1 (its rows) set. */
+#define FOR_TASKS(B, R, nt, body)                                                         \
+    do {                                                                                  \
+        int64_t rc_ = (B) >= 2 * (nt) || (R) < (nt) ? 1 : (nt);                           \
+        PARALLEL_FOR(nt)                                                                  \
+        for (int64_t t_ = 0; t_ < (B) * rc_; t_++) {                                      \
+            int64_t b = t_ / rc_, r0 = (R) * (t_ % rc_) / rc_, r1 = (R) * (t_ % rc_ + 1) / rc_; \
+            body;                                                                         \
+        }                                                                                 \
+    } while (0)
+
+void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
+           int64_t kstride, int32_t *s, int64_t sb, int64_t ld, int64_t nt)
+{
+    FOR_TASKS(B, R, nt, qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + b * sb + r0 * ld, ld));
+}
+
+void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
+           int64_t vstride, int64_t *o, int64_t pb, int64_t ld, int64_t nt)
+{
+    FOR_TASKS(B, R, nt, pv(p + b * pb + r0 * ld, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D, ld));
+}
+
+/* B = streams x KV heads; own scales sk/sv with a stride per batch, shared-prefix scales
+ * sk0/sv0 with strides s0n per stream and s0h per head (s0n = 0: one prefix for all streams). */
+void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
+                  int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
+                  const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
+                  const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
+{
+    double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * (nt > 0 ? nt : 1));
+    if (!scratch) { /* the caller checks esum > 0 (every row sees its own key) */
+        for (int64_t i = 0; i < B * R; i++)
+            esum[i] = 0;
+        return;
+    }
+    FOR_TASKS(B, R, nt, int64_t i = b * R + r0;
+              int64_t me = nt > 1 ? omp_thread() : 0;
+              int64_t h0 = (b / KV) * s0n + (b % KV) * s0h;
+              softmax_rows(acc + i * T, sq + i, sk0 + h0, sv0 + h0, P, sk + b * stride, sv + b * stride, svmax + i,
+                           pos + r0, r1 - r0, T, inv, steps, table, L, p + i * T, esum + i,
+                           scratch + 2 * T * me, scratch + 2 * T * me + T));
+    free(scratch);
+}
+
+/* Attention of one stream, fused (LANES only; returns 0 elsewhere or out of memory, nothing
+ * written): for each kv head, the keys and values (a shared prefix k0/v0 of P positions, then
+ * the stream's own k1/v1) are laid out once, and each tile of ATT_ROWS query rows goes through
+ * scores, softmax weights and values while its scores are in cache.  Per head h (strides in
+ * elements): q (KV x R x 64), sq and svmax (KV x R), k0/v0 + h kv0, sk0/sv0 + h s0, and
+ * k1/v1 + h kv1, sk1/sv1 + h s1; pos (R, increasing): key j is visible to row r when
+ * j <= pos[r].  Out: o (KV x R x 64) int64 and esum (KV x R), the numbers that qk, softmax_p
+ * and pv give. */
+#define ATT_ROWS 16
+int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const int8_t *k0, const int8_t *v0,
+                int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P, const int8_t *k1,
+                const int8_t *v1, int64_t kv1, const double *sk1, const double *sv1, int64_t s1, int64_t T,
+                const double *svmax, const int64_t *pos, double inv, double steps, const int64_t *table, int64_t L,
+                int64_t *o, int64_t *esum, int64_t nt)
+{
+#if LANES
+    int64_t blocks = (T + 15) / 16, quads = (T + 3) / 4, tiles = (R + ATT_ROWS - 1) / ATT_ROWS;
+    int64_t per_head = blocks * 17 + quads * 4; /* vectors: kt, corr, vt */
+    /* per thread: scores (ATT_ROWS x T int32), sbuf and ratio (T doubles each), plo/phi, q rows */
+    int64_t per_thread = (ATT_ROWS * T * 4 + 2 * T * 8 + 2 * ATT_ROWS * PV_QUADS * 4 + 63) / 64 + ATT_ROWS;
+    if (nt < 1)
+        nt = 1;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(KV * per_head + nt * per_thread));
+    if (!buf)
+        return 0;
+    PARALLEL_FOR(nt)
+    for (int64_t h = 0; h < KV; h++) {
+        __m512i *hb = buf + h * per_head;
+        keys_t kk = {k0 + h * kv0, k1 + h * kv1, P}, vv = {v0 + h * kv0, v1 + h * kv1, P};
+        pack_keys(kk, T, hb, hb + blocks * 16);
+        pack_values(vv, T, hb + blocks * 17);
+    }
+    PARALLEL_FOR(nt)
+    for (int64_t task = 0; task < KV * tiles; task++) {
+        int64_t h = task / tiles, r0 = task % tiles * ATT_ROWS, rn = R - r0 < ATT_ROWS ? R - r0 : ATT_ROWS;
+        int64_t Tt = pos[r0 + rn - 1] + 1 < T ? pos[r0 + rn - 1] + 1 : T; /* keys any row of the tile sees */
+        __m512i *hb = buf + h * per_head, *tb = buf + KV * per_head + (nt > 1 ? omp_thread() : 0) * per_thread;
+        uint32_t *qu = (uint32_t *)tb;
+        int32_t *s = (int32_t *)(tb + ATT_ROWS);
+        double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
+        uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
+        int64_t i = h * R + r0;
+        keys_t vv = {v0 + h * kv0, v1 + h * kv1, P};
+        unsigned_rows(q + i * 64, rn, qu);
+        scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
+        softmax_rows(s, sq + i, sk0 + h * s0, sv0 + h * s0, P, sk1 + h * s1, sv1 + h * s1, svmax + i, pos + r0, rn,
+                     Tt, inv, steps, table, L, s, esum + i, sbuf, ratio); /* weights over the scores */
+        values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, o + i * 64, plo, phi);
+    }
+    free(buf);
+    return 1;
+#else
+    (void)q, (void)sq, (void)KV, (void)R, (void)k0, (void)v0, (void)kv0, (void)sk0, (void)sv0, (void)s0, (void)P;
+    (void)k1, (void)v1, (void)kv1, (void)sk1, (void)sv1, (void)s1, (void)T, (void)svmax, (void)pos, (void)inv;
+    (void)steps, (void)table, (void)L, (void)o, (void)esum, (void)nt;
+    return 0;
+#endif
+}

@@ -1,0 +1,91 @@
+/* Elementwise steps of the forward pass: the same IEEE operations, in the same order, as
+ * engine_portable's numpy definitions. */
+#include "common.h"
+
+/* Per-row symmetric quantization to int16, as engine_portable._quant(x, levels):
+ * s = max|x| / levels (1 where the row is all zeros), q = rint(x / s). */
+void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double *xr = x + i * K;
+        double amax = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            double a = fabs(xr[k]);
+            if (a > amax)
+                amax = a;
+        }
+        double s = amax > 0 ? amax / levels : 1.0;
+        for (int64_t k = 0; k < K; k++)
+            q[i * K + k] = (int16_t)nearbyint(xr[k] / s);
+        scale[i] = s;
+    }
+}
+
+/* RMSNorm as engine_portable.rmsnorm: x quantized to int16 per row (s, q = rint(x / s)),
+ * ss = sum q^2 (integers: exact in any order), r = sqrt(s * s * ss / K + eps),
+ * out = q * s / r * g, each step one IEEE operation in numpy's order. */
+void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps, double *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double *xr = x + i * K;
+        double *o = out + i * K, amax = 0.0, ss = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            double a = fabs(xr[k]);
+            if (a > amax)
+                amax = a;
+        }
+        double s = amax > 0 ? amax / 32767.0 : 1.0;
+        for (int64_t k = 0; k < K; k++) {
+            o[k] = nearbyint(xr[k] / s);
+            ss += o[k] * o[k];
+        }
+        double r = sqrt(s * s * ss / (double)K + eps);
+        for (int64_t k = 0; k < K; k++)
+            o[k] = o[k] * s / r * g[k];
+    }
+}
+
+/* RoPE as engine_portable.rope, rows of `heads` vectors of `dim` (row r starts at x + r * ld):
+ * pairs (a, b) = x[2i], x[2i + 1] for i < half become (a c - b s, a s + b c), with c, s the
+ * table entries of the row's position (row % t); the rest of each vector is copied. */
+void rope(const double *x, int64_t rows, int64_t ld, int64_t t, int64_t heads, int64_t dim, int64_t half,
+          const double *cos, const double *sin, double *out)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const double *c = cos + (r % t) * half, *sn = sin + (r % t) * half;
+        for (int64_t h = 0; h < heads; h++) {
+            const double *a = x + r * ld + h * dim;
+            double *o = out + (r * heads + h) * dim;
+            for (int64_t i = 0; i < half; i++) {
+                o[2 * i] = a[2 * i] * c[i] - a[2 * i + 1] * sn[i];
+                o[2 * i + 1] = a[2 * i] * sn[i] + a[2 * i + 1] * c[i];
+            }
+            for (int64_t d = 2 * half; d < dim; d++)
+                o[d] = a[d];
+        }
+    }
+}
+
+/* SwiGLU as engine_portable.silu(g) * u, for rows gu = [g | u] of 2 * F doubles:
+ *   t = (clip(g, -R, R) + R) * steps;  i = floor(t);  f = t - i
+ *   sig = S[i] + (S[i + 1] - S[i]) * f   (0 where g < -R);  out = (g * sig) * u
+ */
+void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, double steps, double *out)
+{
+    for (int64_t r = 0; r < n; r++) {
+        const double *g = gu + r * 2 * F, *u = g + F;
+        double *o = out + r * F;
+        for (int64_t k = 0; k < F; k++) {
+            double c = g[k] < -R ? -R : (g[k] > R ? R : g[k]);
+            double t = (c + R) * steps;
+            double fi = floor(t);
+            double f = t - fi;
+            int64_t i = (int64_t)fi;
+            double sig = S[i] + (S[i + 1] - S[i]) * f;
+            if (g[k] < -R)
+                sig = 0.0;
+            o[k] = (g[k] * sig) * u[k];
+        }
+    }
+}
+

@@ -1,0 +1,92 @@
+#include "common.h"
+
+/* Frequency tables, exactly as freqs.frequencies (read its docstring).  logits float32
+ * (n x V); width >= V symbols (ids >= V get frequency 1); table = EXP (L entries, the last 0).
+ * Float steps: one multiplication by 256 (exact) and rint (round half to even, the default
+ * rounding mode, as numpy's rint); everything after is integer.  A frequency depends on d
+ * only, so each row first tabulates F[d] = 1 + EXP[d] * (total - width) / wsum for the d
+ * that occur (at most L divisions instead of V). */
+typedef struct {
+    int32_t top;
+    int64_t arg, dmax, adjust; /* adjust: added to the first maximum's frequency */
+} freq_row_t;
+
+static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int64_t *table, int64_t L,
+                           int64_t total, int32_t *fixed, int64_t *F)
+{
+    const float limit = 16777216.0f; /* 2^24, freqs.LIMIT */
+    freq_row_t r = {INT32_MIN, 0, 0, 0};
+    for (int64_t j = 0; j < V; j++) {
+        float x = lr[j] * 256.0f;
+        if (isnan(x))
+            x = -limit;
+        x = x > limit ? limit : (x < -limit ? -limit : x);
+        int32_t q = (int32_t)nearbyintf(x);
+        fixed[j] = q;
+        if (q > r.top) {
+            r.top = q;
+            r.arg = j;
+        }
+    }
+    int64_t wsum = 0;
+    for (int64_t j = 0; j < V; j++) {
+        int64_t d = (int64_t)r.top - fixed[j];
+        d = d < L - 1 ? d : L - 1;
+        fixed[j] = (int32_t)d; /* from here on, the clamped distance to the top */
+        wsum += table[d];
+        r.dmax = d > r.dmax ? d : r.dmax;
+    }
+    int64_t spread = total - width, fsum = width - V;
+    for (int64_t d = 0; d <= r.dmax; d++)
+        F[d] = 1 + table[d] * spread / wsum;
+    for (int64_t j = 0; j < V; j++)
+        fsum += F[fixed[j]];
+    r.adjust = total - fsum;
+    return r;
+}
+
+/* Cumulative tables cum int64 (n x (width + 1)): cum[0] = 0, cum[width] = total (the decoder). */
+int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
+                 int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
+{
+    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
+    if (!F_all)
+        return 0;
+    PARALLEL_FOR(nt)
+    for (int64_t i = 0; i < n; i++) {
+        int32_t *fixed = fixed_rows + i * V; /* rows are independent: a scratch row each */
+        int64_t *c = cum + i * (width + 1), *F = F_all + L * (nt > 1 ? omp_thread() : 0);
+        freq_row_t r = freq_row(logits + i * V, V, width, table, L, total, fixed, F);
+        c[0] = 0;
+        for (int64_t j = 0; j < V; j++)
+            c[j + 1] = c[j] + F[fixed[j]] + (j == r.arg ? r.adjust : 0);
+        for (int64_t j = V; j < width; j++)
+            c[j + 1] = c[j] + 1;
+    }
+    free(F_all);
+    return 1;
+}
+
+/* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency. */
+int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
+                 int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
+{
+    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
+    if (!F_all)
+        return 0;
+    PARALLEL_FOR(nt)
+    for (int64_t i = 0; i < n; i++) {
+        int32_t *fixed = fixed_rows + i * V;
+        int64_t *F = F_all + L * (nt > 1 ? omp_thread() : 0), id = ids[i], below = 0;
+        freq_row_t r = freq_row(logits + i * V, V, width, table, L, total, fixed, F);
+        int64_t m = id < V ? id : V;
+        for (int64_t j = 0; j < m; j++)
+            below += F[fixed[j]];
+        below += id - m + (r.arg < id ? r.adjust : 0); /* symbols past V weigh 1 */
+        cum[i] = below;
+        freq[i] = (id < V ? F[fixed[id]] : 1) + (id == r.arg ? r.adjust : 0);
+    }
+    free(F_all);
+    return 1;
+}
+
