@@ -109,6 +109,25 @@ def test_native_kernel_is_exact_at_the_extremes():
         assert (kernel.qgemm(-x, w) == 32767 * 127 * K).all()
 
 
+def test_kernel_builds_for_this_cpu():
+    """A compile error in the fast paths would fall back to plainer flags without a word: where the
+    CPU has AVX-512 VNNI (Linux tells), the lane-wise paths and OpenMP threads must be built."""
+    from tinylmz import kernel
+
+    fn = kernel.load()
+    assert fn is not None, "the native kernel did not build (a C compiler is a requirement)"
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set()
+    if cpuinfo.exists():
+        line = next((x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")), "")
+        flags = set(line.split(":", 1)[-1].split())
+    if {"avx512_vnni", "avx512bw", "avx512dq"} <= flags:
+        assert kernel.packs() and kernel.fused_attention(64, 8)
+        assert fn.lib.qgemm_parallel() == 1  # built with -fopenmp, the first set of flags tried
+    else:
+        assert not kernel.packs()
+
+
 def test_packed_product_is_exact():
     """The lane-wise product on packed weights (AVX-512 VNNI) equals the integer product, padding included."""
     from tinylmz import kernel

@@ -161,23 +161,29 @@ static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, cons
             }
         const __m512i *vb = vt + j0; /* 4 vectors per quad: quad j0 / 4 starts at vector j0 */
         for (int64_t r0 = 0; r0 < R2; r0 += 2) {
-            __m512i lo[2][4], hi[2][4];
-            for (int r = 0; r < 2; r++)
-                for (int c = 0; c < 4; c++)
-                    lo[r][c] = hi[r][c] = _mm512_setzero_si512();
+            /* 2 rows x 4 vectors of low-byte and high-byte sums */
+            __m512i l00 = _mm512_setzero_si512(), l01 = l00, l02 = l00, l03 = l00, l10 = l00, l11 = l00, l12 = l00;
+            __m512i l13 = l00, h00 = l00, h01 = l00, h02 = l00, h03 = l00, h10 = l00, h11 = l00, h12 = l00, h13 = l00;
+            const uint32_t *lo0 = plo + r0 * PV_QUADS, *hi0 = phi + r0 * PV_QUADS;
             for (int64_t qd = 0; qd < nq; qd++) {
-                __m512i vv[4];
-                for (int c = 0; c < 4; c++)
-                    vv[c] = _mm512_load_si512((const void *)(vb + 4 * qd + c));
-                for (int r = 0; r < 2; r++) {
-                    __m512i bl = _mm512_set1_epi32((int)plo[(r0 + r) * PV_QUADS + qd]);
-                    __m512i bh = _mm512_set1_epi32((int)phi[(r0 + r) * PV_QUADS + qd]);
-                    for (int c = 0; c < 4; c++) {
-                        lo[r][c] = _mm512_dpbusd_epi32(lo[r][c], bl, vv[c]);
-                        hi[r][c] = _mm512_dpbusd_epi32(hi[r][c], bh, vv[c]);
-                    }
-                }
+                const __m512i *vq = vb + 4 * qd;
+                __m512i v0 = _mm512_load_si512((const void *)vq), v1 = _mm512_load_si512((const void *)(vq + 1));
+                __m512i v2 = _mm512_load_si512((const void *)(vq + 2)), v3 = _mm512_load_si512((const void *)(vq + 3));
+                __m512i b = _mm512_set1_epi32((int)lo0[qd]);
+                l00 = _mm512_dpbusd_epi32(l00, b, v0); l01 = _mm512_dpbusd_epi32(l01, b, v1);
+                l02 = _mm512_dpbusd_epi32(l02, b, v2); l03 = _mm512_dpbusd_epi32(l03, b, v3);
+                b = _mm512_set1_epi32((int)hi0[qd]);
+                h00 = _mm512_dpbusd_epi32(h00, b, v0); h01 = _mm512_dpbusd_epi32(h01, b, v1);
+                h02 = _mm512_dpbusd_epi32(h02, b, v2); h03 = _mm512_dpbusd_epi32(h03, b, v3);
+                b = _mm512_set1_epi32((int)lo0[PV_QUADS + qd]);
+                l10 = _mm512_dpbusd_epi32(l10, b, v0); l11 = _mm512_dpbusd_epi32(l11, b, v1);
+                l12 = _mm512_dpbusd_epi32(l12, b, v2); l13 = _mm512_dpbusd_epi32(l13, b, v3);
+                b = _mm512_set1_epi32((int)hi0[PV_QUADS + qd]);
+                h10 = _mm512_dpbusd_epi32(h10, b, v0); h11 = _mm512_dpbusd_epi32(h11, b, v1);
+                h12 = _mm512_dpbusd_epi32(h12, b, v2); h13 = _mm512_dpbusd_epi32(h13, b, v3);
             }
+            __m512i lo[2][4] = {{l00, l01, l02, l03}, {l10, l11, l12, l13}};
+            __m512i hi[2][4] = {{h00, h01, h02, h03}, {h10, h11, h12, h13}};
             int64_t rn = R - r0 < 2 ? R - r0 : 2;
             for (int64_t r = 0; r < rn; r++) {
                 __m512i t[4], n[4];
