@@ -40,18 +40,24 @@ def _devices(rng: random.Random, k: int = 8) -> list[dict]:
             for _ in range(k)]
 
 
-def gen_csv(n: int, seed: int = 1) -> list[bytes]:
-    """Header line + ``n`` CSV records (timestamp, device, temperature, humidity, battery, rssi, status)."""
-    rng = random.Random(seed)
+def _readings(rng: random.Random, n: int):
+    """``n`` (unix time, device) pairs: a random device of 8, its values drifted since its last reading."""
     devs = _devices(rng)
     t = 1714557600  # 2024-05-01T10:00:00Z
-    out = [b"timestamp,device,temp_c,humidity,battery_v,rssi_dbm,status"]
     for _ in range(n):
         d = rng.choice(devs)
         t += rng.randrange(1, 20)
         d["t"] += rng.gauss(0, 0.15)
         d["h"] = min(99.0, max(5.0, d["h"] + rng.gauss(0, 0.4)))
         d["bat"] -= rng.uniform(0, 0.002)
+        yield t, d
+
+
+def gen_csv(n: int, seed: int = 1) -> list[bytes]:
+    """Header line + ``n`` CSV records (timestamp, device, temperature, humidity, battery, rssi, status)."""
+    rng = random.Random(seed)
+    out = [b"timestamp,device,temp_c,humidity,battery_v,rssi_dbm,status"]
+    for t, d in _readings(rng, n):
         rssi = d["rssi"] + rng.randrange(-3, 4)
         ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
         out.append(f"{ts},{d['id']},{d['t']:.2f},{d['h']:.1f},{d['bat']:.3f},{rssi},{rng.choice(STATUSES)}".encode())
@@ -61,15 +67,8 @@ def gen_csv(n: int, seed: int = 1) -> list[bytes]:
 def gen_jsonl(n: int, seed: int = 2) -> list[bytes]:
     """``n`` JSON-lines records (no header line: the first element is b"" for symmetry with gen_csv)."""
     rng = random.Random(seed)
-    devs = _devices(rng)
-    t = 1714557600
     out = [b""]
-    for _ in range(n):
-        d = rng.choice(devs)
-        t += rng.randrange(1, 20)
-        d["t"] += rng.gauss(0, 0.15)
-        d["h"] = min(99.0, max(5.0, d["h"] + rng.gauss(0, 0.4)))
-        d["bat"] -= rng.uniform(0, 0.002)
+    for t, d in _readings(rng, n):
         rec = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)), "dev": d["id"], "temp": round(d["t"], 2),
                "hum": round(d["h"], 1), "bat": round(d["bat"], 3), "st": rng.choice(STATUSES).lower()}
         if rng.random() < 0.2:
@@ -83,15 +82,8 @@ def gen_jsonl(n: int, seed: int = 2) -> list[bytes]:
 def gen_log(n: int, seed: int = 3) -> list[bytes]:
     """``n`` text log lines of about 80 bytes (readings, with some warnings and errors); no header."""
     rng = random.Random(seed)
-    devs = _devices(rng)
-    t = 1714557600
     out = [b""]
-    for _ in range(n):
-        d = rng.choice(devs)
-        t += rng.randrange(1, 20)
-        d["t"] += rng.gauss(0, 0.15)
-        d["h"] = min(99.0, max(5.0, d["h"] + rng.gauss(0, 0.4)))
-        d["bat"] -= rng.uniform(0, 0.002)
+    for t, d in _readings(rng, n):
         ts = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
         u = rng.random()
         if u < 0.85:
