@@ -156,6 +156,7 @@ class Cache:
         self.v = np.zeros((L, n, H, cap, D), dtype=np.int8)
         self.sk = np.ones((L, n, H, cap))
         self.sv = np.ones((L, n, H, cap))
+        self.svc = np.ones((L, n, H, cap))  # running maximum of sv along the positions (attention needs it)
         self.len = self.base  # positions covered, shared ones included
 
     def sv_max(self, li: int) -> np.ndarray:
@@ -174,11 +175,12 @@ class Cache:
             [a, np.full(a.shape[:3] + (cap - have,) + a.shape[4:], fill, a.dtype)], axis=3
         )
         self.k, self.v, self.sk, self.sv = pad(self.k, 0), pad(self.v, 0), pad(self.sk, 1), pad(self.sv, 1)
+        self.svc = pad(self.svc, 1)
 
     def take(self, n: int) -> "Cache":
         """The first ``n`` streams (views, no copy)."""
         c = object.__new__(Cache)
-        c.k, c.v, c.sk, c.sv = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n]
+        c.k, c.v, c.sk, c.sv, c.svc = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.svc[:, :n]
         c.shared, c.base, c.len = self.shared, self.base, self.len
         return c
 
@@ -189,8 +191,8 @@ class Cache:
         t = self.len
         shape = lambda a: (a.shape[0], n, a.shape[2], cap) + a.shape[4:]  # noqa: E731
         c.k, c.v = np.zeros(shape(self.k), np.int8), np.zeros(shape(self.v), np.int8)
-        c.sk, c.sv = np.ones(shape(self.sk)), np.ones(shape(self.sv))
-        for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv)):
+        c.sk, c.sv, c.svc = np.ones(shape(self.sk)), np.ones(shape(self.sv)), np.ones(shape(self.svc))
+        for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv), (c.svc, self.svc)):
             a[:, :, :, :t] = b[:, :1, :, :t]
         c.shared, c.base, c.len = None, 0, t
         return c
@@ -279,6 +281,10 @@ class PortableEngine:
             cache.v[li, :, :, o0 : o0 + t] = vq.transpose(0, 2, 1, 3)
             cache.sk[li, :, :, o0 : o0 + t] = sk[..., 0].transpose(0, 2, 1)
             cache.sv[li, :, :, o0 : o0 + t] = sv[..., 0].transpose(0, 2, 1)
+            run = np.maximum.accumulate(sv[..., 0].transpose(0, 2, 1), axis=-1)  # exact: a maximum
+            if o0:
+                run = np.maximum(run, cache.svc[li, :, :, o0 - 1 : o0])
+            cache.svc[li, :, :, o0 : o0 + t] = run
             att = self._attend(q, cache, li, p0 + t)
             x = x + matmul(att.reshape(n, t, H * D), layer["o"])
             h = self._norm(x, layer["ffn_norm"], cfg.eps)
@@ -313,7 +319,7 @@ class PortableEngine:
         P, own = cache.base, end - cache.base
         sh = cache.shared
         # max of the value scales over the visible keys (queries sit past any shared prefix)
-        svmax = np.maximum.accumulate(cache.sv[li, :, :, :own], axis=-1)[:, :, pos - P]
+        svmax = cache.svc[li][:, :, pos - P]  # (n, KV, R)
         if sh is not None:
             svmax = np.maximum(svmax, sh.sv_max(li)[None, :, None])
         if not self.native:
