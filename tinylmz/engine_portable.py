@@ -160,10 +160,8 @@ class Cache:
         self.len = self.base  # positions covered, shared ones included
 
     def sv_max(self, li: int) -> np.ndarray:
-        """Largest value scale of each head of stream 0 in layer ``li`` (a shared prefix's, computed once)."""
-        if not hasattr(self, "_sv_max"):
-            self._sv_max = self.sv[:, 0, :, : self.len].max(axis=-1)  # (layers, heads)
-        return self._sv_max[li]
+        """Largest value scale of each head of stream 0 in layer ``li`` (for a shared prefix)."""
+        return self.svc[li, 0, :, self.len - self.base - 1]
 
     def grow(self, end: int) -> None:
         """Make room for positions up to ``end``."""
