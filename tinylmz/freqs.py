@@ -67,12 +67,10 @@ def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
 
     ``width`` (default: the logits' width) may exceed the logits' width; the extra symbols get 1.
     """
-    L = fixed_logits(np.atleast_2d(logits))
+    logits, width = _rows(logits, width)
+    L = fixed_logits(logits)
     n, V = L.shape
-    extra = 0 if width is None else width - V
-    V += extra
-    if V > TOTAL // 2:
-        raise ValueError(f"vocabulary of {V} ids is too large for a total of 2^{TOTAL_BITS}")
+    extra, V = width - V, width
     table = exp_table()
     top = L.argmax(axis=1)
     d = (L[np.arange(n), top][:, None] - L).astype(np.int64)
@@ -85,14 +83,20 @@ def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
     return f
 
 
-def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(cum, freq) of each row's id: what the encoder needs (the native kernel builds no whole tables)."""
-    from . import kernel
-
+def _rows(logits: np.ndarray, width: int | None) -> tuple[np.ndarray, int]:
+    """Logits as rows, and the table width (checked against TOTAL)."""
     logits = np.atleast_2d(logits)
     width = logits.shape[1] if width is None else width
     if width > TOTAL // 2:
         raise ValueError(f"vocabulary of {width} ids is too large for a total of 2^{TOTAL_BITS}")
+    return logits, width
+
+
+def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cum, freq) of each row's id: what the encoder needs (the native kernel builds no whole tables)."""
+    from . import kernel
+
+    logits, width = _rows(logits, width)
     if kernel.load() is not None:
         return kernel.freq_sym(logits, ids, width, exp_table(), TOTAL)
     c = cumulative(logits, width)
@@ -108,12 +112,9 @@ def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:
     The native kernel computes the same integers in one pass when it is available
     (``kernel.load`` checks it against ``frequencies`` before use).
     """
-    logits = np.atleast_2d(logits)
-    width = logits.shape[1] if width is None else width
-    if width > TOTAL // 2:
-        raise ValueError(f"vocabulary of {width} ids is too large for a total of 2^{TOTAL_BITS}")
     from . import kernel
 
+    logits, width = _rows(logits, width)
     if kernel.load() is not None:
         return kernel.freq_cum(logits, width, exp_table(), TOTAL)
     f = frequencies(logits, width)

@@ -1,18 +1,18 @@
 """Optional native kernels for the portable engine (and the shared frequency tables).
 
-The C files in ``tinylmz/native/`` (matrix products, attention, elementwise
-steps, frequency tables) are compiled on first use with the system C compiler
-(``$CC`` or ``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags)
-into one library in the cache folder, keyed by the sources, the compiler and the CPU, then checked
-against the numpy definitions on random data before use.  The matrix and
-attention products are integer (AVX-512 VNNI or AVX2 where the CPU has them),
-so they are exact on any machine; the few float steps done in C (dequantizing,
-SwiGLU, softmax weights, frequency tables) are the same IEEE operations in the
-same order as numpy's, built with ``-ffp-contract=off``, and the load-time check
-compares them bit for bit.  Threads (OpenMP, or a Python pool for the matrix
-product when the compiler has no OpenMP) split outputs, never sums, so results
-do not depend on the thread count.  Without a compiler, or with
-``TINYLMZ_NATIVE=0``, the engine uses numpy alone: the same numbers, slower.
+The C files in ``tinylmz/native/`` (matrix products, attention, elementwise steps,
+frequency tables) are compiled on first use with the system C compiler (``$CC`` or
+``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags) into one library
+in the cache folder, keyed by the sources, the compiler and the CPU, then checked
+against the numpy definitions on random data before use.  The matrix and attention
+products are integer (lane-wise with AVX-512 VNNI, AVX2 or plain C otherwise), so they
+are exact on any machine; the float steps done in C (quantizing and dequantizing,
+RMSNorm, RoPE, SwiGLU, softmax weights, frequency tables) are the same IEEE operations
+in the same order as numpy's, built with ``-ffp-contract=off``, and the load-time check
+compares them bit for bit.  Threads (OpenMP, or a Python pool for the matrix product
+when the compiler has no OpenMP) split outputs, never sums, so results do not depend on
+the thread count.  Without a compiler, or with ``TINYLMZ_NATIVE=0``, the engine uses
+numpy alone: the same numbers, slower.
 """
 
 from __future__ import annotations
@@ -297,11 +297,8 @@ def qmatmul(x: np.ndarray, w, ws: np.ndarray, fn=None) -> np.ndarray:
     """The engine's ``matmul``: float64 rows x quantized to int16 per row, exact products with
     int8 rows w (an array, or ``Packed``), dequantized by the row scales and ``ws`` (float64 (N,)); float64 (n, N)."""
     fn = fn or load()
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    n, K = x.shape
-    q = np.empty((n, K), dtype=np.int16)
-    sx = np.empty(n, dtype=np.float64)
-    fn.lib.quant16(x.ctypes.data, n, K, 32767.0, q.ctypes.data, sx.ctypes.data)
+    q, sx = quant(x, 32767, fn.lib)
+    sx = sx[:, 0]
     ws = np.ascontiguousarray(ws, dtype=np.float64)
     if isinstance(w, Packed):
         return _run_packed(fn.lib, q, w, threads(), sx, ws)
@@ -496,7 +493,7 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
                      sk0.strides[0] // 8, sk0.strides[1] // 8, H, sk.ctypes.data, sv.ctypes.data,
                      svmax.ctypes.data, pos.ctypes.data, n * H, R, T, sk.strides[1] // 8, float(inv), float(steps),
                      table.ctypes.data, len(table), p.ctypes.data, esum.ctypes.data, _nt(n * H * R * T * 16))
-    if R and not esum.all():  # every row sees at least its own key (weight 2^30): 0 means malloc failed
+    if R and not esum.all():  # every row sees at least its top key (weight 2^16): 0 means malloc failed
         raise MemoryError("out of memory in the attention kernel")
     return p, esum
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import decimal
 import functools
-
 import threading
 
 import numpy as np
