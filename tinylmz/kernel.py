@@ -35,17 +35,49 @@ import numpy as np
 _local = threading.local()
 
 
+_requested: int | None = None  # set_threads(): wins over $TINYLMZ_THREADS and the CPU count
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` kernel threads from now on (None: back to ``$TINYLMZ_THREADS`` or the free CPUs).
+
+    Results never depend on it; only speed does.
+    """
+    global _requested
+    if n is not None and int(n) < 1:
+        raise ValueError("threads must be at least 1")
+    _requested = None if n is None else int(n)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        n = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def threads() -> int:
-    """Worker threads for the kernel: ``$TINYLMZ_THREADS`` or the CPUs this process may use."""
+    """Worker threads for the kernel: ``set_threads``, ``$TINYLMZ_THREADS``, or the CPUs this process may use."""
     if getattr(_local, "single", False):
         return 1
+    if _requested is not None:
+        return _requested
     env = os.environ.get("TINYLMZ_THREADS")
     if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"TINYLMZ_THREADS must be a whole number, not {env!r}") from None
+    return available_cpus()
 
 
 @contextlib.contextmanager
