@@ -111,7 +111,7 @@ def test_native_kernel_is_exact_at_the_extremes():
 
 def test_kernel_builds_for_this_cpu():
     """A compile error in the fast paths would fall back to plainer flags without a word: where the
-    CPU has AVX-512 VNNI (Linux tells), the lane-wise paths and OpenMP threads must be built."""
+    CPU has AVX-512 VNNI (Linux tells), the lane-wise paths and the thread pool must be built."""
     from tinylmz import kernel
 
     fn = kernel.load()
@@ -123,7 +123,7 @@ def test_kernel_builds_for_this_cpu():
         flags = set(line.split(":", 1)[-1].split())
     if {"avx512_vnni", "avx512bw", "avx512dq"} <= flags:
         assert kernel.packs() and kernel.fused_attention(64, 8)
-        assert fn.lib.qgemm_parallel() == 1  # built with -fopenmp, the first set of flags tried
+        assert fn.lib.qgemm_parallel() == 1  # built with -pthread, the first set of flags tried
     else:
         assert not kernel.packs()
 

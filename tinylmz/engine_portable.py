@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import kernel, tables
+from . import kernel, tables, threads
 from .errors import EngineMismatch, TinylmzError
 from .weights import KCHUNK, QLinear, Weights
 
@@ -232,6 +232,7 @@ class PortableEngine:
         # the native kernel's versions of the elementwise steps (same numbers, checked when it loads)
         self._norm, self._rope, self._quant = (kernel.rmsnorm, kernel.rope, kernel.quant) if self.native else (
             rmsnorm, rope, _quant)
+        self.governor = threads.Governor()  # the kernel's thread count, chosen by measuring
 
     def params(self) -> dict:
         return {"version": VERSION}
@@ -258,6 +259,10 @@ class PortableEngine:
 
     def forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         """Run tokens ``ids`` (n streams × t positions) after ``cache.len`` cached ones; logits (n, t, V)."""
+        with self.governor.run(ids.size):
+            return self._forward(ids, cache)
+
+    def _forward(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         cfg, w = self.cfg, self.w
         n, t = ids.shape
         p0 = cache.len

@@ -2,22 +2,21 @@
 
 The C files in ``tinylmz/native/`` (matrix products, attention, elementwise steps,
 frequency tables) are compiled on first use with the system C compiler (``$CC`` or
-``cc``, ``-O3 -march=native -fopenmp``, falling back to fewer flags) into one library
+``cc``, ``-O3 -march=native -pthread``, falling back to fewer flags) into one library
 in the cache folder, keyed by the sources, the compiler and the CPU, then checked
 against the numpy definitions on random data before use.  The matrix and attention
 products are integer (lane-wise with AVX-512 VNNI, AVX2 or plain C otherwise), so they
 are exact on any machine; the float steps done in C (quantizing and dequantizing,
 RMSNorm, RoPE, SwiGLU, softmax weights, frequency tables) are the same IEEE operations
 in the same order as numpy's, built with ``-ffp-contract=off``, and the load-time check
-compares them bit for bit.  Threads (OpenMP, or a Python pool for the matrix product
-when the compiler has no OpenMP) split outputs, never sums, so results do not depend on
-the thread count.  Without a compiler, or with ``TINYLMZ_NATIVE=0``, the engine uses
+compares them bit for bit.  Threads (``native/pool.c``: tasks claimed one at a time, so a thread that
+another process delays stalls nobody) split outputs, never sums, so results do not depend
+on the thread count.  Without a compiler, or with ``TINYLMZ_NATIVE=0``, the engine uses
 numpy alone: the same numbers, slower.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -25,69 +24,12 @@ import os
 import platform
 import subprocess
 import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import numpy as np
 
 
-_local = threading.local()
-
-
-_requested: int | None = None  # set_threads(): wins over $TINYLMZ_THREADS and the CPU count
-
-
-def set_threads(n: int | None) -> None:
-    """Use ``n`` kernel threads from now on (None: back to ``$TINYLMZ_THREADS`` or the free CPUs).
-
-    Results never depend on it; only speed does.
-    """
-    global _requested
-    if n is not None and int(n) < 1:
-        raise ValueError("threads must be at least 1")
-    _requested = None if n is None else int(n)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        n = os.cpu_count() or 1
-    try:  # cgroup v2: "max 100000" or "<quota> <period>"
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-def threads() -> int:
-    """Worker threads for the kernel: ``set_threads``, ``$TINYLMZ_THREADS``, or the CPUs this process may use."""
-    if getattr(_local, "single", False):
-        return 1
-    if _requested is not None:
-        return _requested
-    env = os.environ.get("TINYLMZ_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"TINYLMZ_THREADS must be a whole number, not {env!r}") from None
-    return available_cpus()
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Kernel calls from this thread use one core (for callers that run work side by side)."""
-    _local.single = True
-    try:
-        yield
-    finally:
-        _local.single = False
+from .threads import available_cpus, set_threads, single_thread, threads  # noqa: F401 - re-exported
 
 
 def _cpu_id() -> str:
@@ -126,7 +68,7 @@ def load():
                     f.write(data)
             cfiles = [os.path.join(tmp, name) for name in sorted(sources) if name.endswith(".c")]
             so = os.path.join(tmp, "kernels.so")
-            for flags in (["-march=native", "-fopenmp"], ["-march=native"], []):
+            for flags in (["-march=native", "-pthread"], ["-pthread"], []):
                 # -ffp-contract=off: the float steps must round exactly like numpy's
                 r = subprocess.run([cc, "-O3", *flags, "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
                                     *cfiles, "-o", so, "-lm"],
@@ -245,12 +187,8 @@ def load():
     return fn
 
 
-_pool = None
-
-
 def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> np.ndarray:
     """Exact products (int64), or with scales sx (n,) and ws (N,) the dequantized float64 ones."""
-    global _pool
     n, K = x.shape
     N = w.shape[0]
     out = np.empty((n, N), dtype=np.int64)
@@ -260,17 +198,8 @@ def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> 
     tail = (N, out.ctypes.data, ptr(sx), ptr(ws), ptr(y))
     if n_threads <= 1 or n * N * K < 1 << 22:  # small products: a thread hand-off costs more than it saves
         fn(*args, 0, N, *tail)
-    elif fn.lib.qgemm_parallel():  # OpenMP threads: far cheaper to wake than Python's
+    else:  # tasks of column tiles claimed by the pool's threads (native/pool.c)
         fn.lib.qgemm_mt(*args, *tail, n_threads)
-    else:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=n_threads - 1)
-        bounds = [N // 4 * i // n_threads * 4 for i in range(n_threads)] + [N]  # multiples of 4: whole tiles
-        # the calling thread takes the first share itself: one hand-off fewer per call
-        futures = [_pool.submit(fn, *args, a, b, *tail) for a, b in zip(bounds[1:-1], bounds[2:])]
-        fn(*args, bounds[0], bounds[1], *tail)
-        for f in futures:
-            f.result()
     return out if y is None else y
 
 

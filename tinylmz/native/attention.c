@@ -472,30 +472,78 @@ static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0
     }
 }
 
-/* Threaded forms of qk, pv and softmax_p (OpenMP when available, else serial): tasks are
- * whole batches when there are enough of them, otherwise row ranges of each batch.  Each
- * task computes its own outputs with the functions above, so nt never changes a result.
- * FOR_TASKS runs `body` once per task with b (the batch) and r0..r1 (its rows) set. */
-#define FOR_TASKS(B, R, nt, body)                                                         \
-    do {                                                                                  \
-        int64_t rc_ = (B) >= 2 * (nt) || (R) < (nt) ? 1 : (nt);                           \
-        PARALLEL_FOR(nt)                                                                  \
-        for (int64_t t_ = 0; t_ < (B) * rc_; t_++) {                                      \
-            int64_t b = t_ / rc_, r0 = (R) * (t_ % rc_) / rc_, r1 = (R) * (t_ % rc_ + 1) / rc_; \
-            body;                                                                         \
-        }                                                                                 \
-    } while (0)
+/* Threaded forms of qk, pv and softmax_p (pool.c): tasks are whole batches when there are
+ * enough of them, otherwise row ranges of each batch.  Each task computes its own outputs
+ * with the functions above, so nt never changes a result. */
+typedef struct {
+    const void *a;       /* q (int8) or p (int32) */
+    const int8_t *kv;    /* k or v */
+    int64_t B, R, T, D, stride, ab, ld, rc;
+    void *o;             /* s (int32) or o (int64) */
+    /* softmax_p only */
+    const double *sq, *sk0, *sv0, *sk, *sv, *svmax, *scratch_unused;
+    int64_t P, s0n, s0h, KV;
+    const int64_t *pos, *table;
+    double inv, steps;
+    int64_t L;
+    int32_t *p;
+    int64_t *esum;
+    double *scratch;
+} att_job;
+
+static int64_t row_splits(int64_t B, int64_t R, int64_t nt)
+{
+    if (nt <= 1 || R < 2)
+        return 1;
+    int64_t want = (pool_tasks(B * R, nt) + B - 1) / B; /* tasks per batch */
+    return want < 1 ? 1 : (want > R ? R : want);
+}
+
+#define TASK_ROWS(j, t) int64_t b = t / j->rc, r0 = j->R * (t % j->rc) / j->rc, r1 = j->R * (t % j->rc + 1) / j->rc
+
+static void qk_task(void *p, int64_t t, int64_t me)
+{
+    const att_job *j = p;
+    (void)me;
+    TASK_ROWS(j, t);
+    qk((const int8_t *)j->a + (b * j->R + r0) * j->D, j->kv + b * j->stride, 1, r1 - r0, j->T, j->D, j->stride,
+       (int32_t *)j->o + b * j->ab + r0 * j->ld, j->ld);
+}
 
 void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
            int64_t kstride, int32_t *s, int64_t sb, int64_t ld, int64_t nt)
 {
-    FOR_TASKS(B, R, nt, qk(q + (b * R + r0) * D, k + b * kstride, 1, r1 - r0, T, D, kstride, s + b * sb + r0 * ld, ld));
+    att_job j = {.a = q, .kv = k, .B = B, .R = R, .T = T, .D = D, .stride = kstride, .ab = sb, .ld = ld,
+                 .rc = row_splits(B, R, nt), .o = s};
+    pool_for(B * j.rc, nt, qk_task, &j);
+}
+
+static void pv_task(void *p, int64_t t, int64_t me)
+{
+    const att_job *j = p;
+    (void)me;
+    TASK_ROWS(j, t);
+    pv((const int32_t *)j->a + b * j->ab + r0 * j->ld, j->kv + b * j->stride, 1, r1 - r0, j->T, j->D, j->stride,
+       (int64_t *)j->o + (b * j->R + r0) * j->D, j->ld);
 }
 
 void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
            int64_t vstride, int64_t *o, int64_t pb, int64_t ld, int64_t nt)
 {
-    FOR_TASKS(B, R, nt, pv(p + b * pb + r0 * ld, v + b * vstride, 1, r1 - r0, T, D, vstride, o + (b * R + r0) * D, ld));
+    att_job j = {.a = p, .kv = v, .B = B, .R = R, .T = T, .D = D, .stride = vstride, .ab = pb, .ld = ld,
+                 .rc = row_splits(B, R, nt), .o = o};
+    pool_for(B * j.rc, nt, pv_task, &j);
+}
+
+static void softmax_task(void *p, int64_t t, int64_t me)
+{
+    const att_job *j = p;
+    TASK_ROWS(j, t);
+    int64_t i = b * j->R + r0, T = j->T;
+    int64_t h0 = (b / j->KV) * j->s0n + (b % j->KV) * j->s0h;
+    softmax_rows((const int32_t *)j->a + i * T, j->sq + i, j->sk0 + h0, j->sv0 + h0, j->P, j->sk + b * j->stride,
+                 j->sv + b * j->stride, j->svmax + i, j->pos + r0, r1 - r0, T, j->inv, j->steps, j->table, j->L,
+                 j->p + i * T, j->esum + i, j->scratch + 2 * T * me, j->scratch + 2 * T * me + T);
 }
 
 /* B = streams x KV heads; own scales sk/sv with a stride per batch, shared-prefix scales
@@ -505,18 +553,19 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
                   const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
 {
-    double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * (nt > 0 ? nt : 1));
+    if (nt < 1)
+        nt = 1;
+    double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * nt);
     if (!scratch) { /* the caller checks esum > 0 (every row sees its own key) */
         for (int64_t i = 0; i < B * R; i++)
             esum[i] = 0;
         return;
     }
-    FOR_TASKS(B, R, nt, int64_t i = b * R + r0;
-              int64_t me = nt > 1 ? omp_thread() : 0;
-              int64_t h0 = (b / KV) * s0n + (b % KV) * s0h;
-              softmax_rows(acc + i * T, sq + i, sk0 + h0, sv0 + h0, P, sk + b * stride, sv + b * stride, svmax + i,
-                           pos + r0, r1 - r0, T, inv, steps, table, L, p + i * T, esum + i,
-                           scratch + 2 * T * me, scratch + 2 * T * me + T));
+    att_job j = {.a = acc, .B = B, .R = R, .T = T, .stride = stride, .rc = row_splits(B, R, nt), .sq = sq,
+                 .sk0 = sk0, .sv0 = sv0, .sk = sk, .sv = sv, .svmax = svmax, .P = P, .s0n = s0n, .s0h = s0h,
+                 .KV = KV, .pos = pos, .table = table, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
+                 .scratch = scratch};
+    pool_for(B * j.rc, nt, softmax_task, &j);
     free(scratch);
 }
 
@@ -529,6 +578,60 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
  * j <= pos[r].  Out: o (KV x R x 64) int64 and esum (KV x R), the numbers that qk, softmax_p
  * and pv give. */
 #define ATT_ROWS 16
+#if LANES
+typedef struct {
+    const int8_t *q;
+    const double *sq;
+    int64_t KV, R;
+    const int8_t *k0, *v0;
+    int64_t kv0;
+    const double *sk0, *sv0;
+    int64_t s0, P;
+    const int8_t *k1, *v1;
+    int64_t kv1;
+    const double *sk1, *sv1;
+    int64_t s1, T;
+    const double *svmax;
+    const int64_t *pos;
+    double inv, steps;
+    const int64_t *table;
+    int64_t L;
+    int64_t *o, *esum;
+    __m512i *buf;
+    int64_t blocks, quads, tiles, per_head, per_thread;
+} attend_job;
+
+static void attend_pack_task(void *p, int64_t h, int64_t me)
+{
+    const attend_job *j = p;
+    (void)me;
+    __m512i *hb = j->buf + h * j->per_head;
+    keys_t kk = {j->k0 + h * j->kv0, j->k1 + h * j->kv1, j->P}, vv = {j->v0 + h * j->kv0, j->v1 + h * j->kv1, j->P};
+    pack_keys(kk, j->T, hb, hb + j->blocks * 16);
+    pack_values(vv, j->T, hb + j->blocks * 17);
+}
+
+static void attend_tile_task(void *p, int64_t task, int64_t me)
+{
+    const attend_job *j = p;
+    int64_t T = j->T, R = j->R, blocks = j->blocks;
+    int64_t h = task / j->tiles, r0 = task % j->tiles * ATT_ROWS, rn = R - r0 < ATT_ROWS ? R - r0 : ATT_ROWS;
+    int64_t Tt = j->pos[r0 + rn - 1] + 1 < T ? j->pos[r0 + rn - 1] + 1 : T; /* keys any row of the tile sees */
+    __m512i *hb = j->buf + h * j->per_head, *tb = j->buf + j->KV * j->per_head + me * j->per_thread;
+    uint32_t *qu = (uint32_t *)tb;
+    int32_t *s = (int32_t *)(tb + ATT_ROWS);
+    double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
+    uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
+    int64_t i = h * R + r0;
+    keys_t vv = {j->v0 + h * j->kv0, j->v1 + h * j->kv1, j->P};
+    unsigned_rows(j->q + i * 64, rn, qu);
+    scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
+    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + h * j->s1, j->sv1 + h * j->s1,
+                 j->svmax + i, j->pos + r0, rn, Tt, j->inv, j->steps, j->table, j->L, s, j->esum + i, sbuf,
+                 ratio); /* weights over the scores */
+    values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
+}
+#endif
 int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const int8_t *k0, const int8_t *v0,
                 int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P, const int8_t *k1,
                 const int8_t *v1, int64_t kv1, const double *sk1, const double *sv1, int64_t s1, int64_t T,
@@ -545,30 +648,10 @@ int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const 
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(KV * per_head + nt * per_thread));
     if (!buf)
         return 0;
-    PARALLEL_FOR(nt)
-    for (int64_t h = 0; h < KV; h++) {
-        __m512i *hb = buf + h * per_head;
-        keys_t kk = {k0 + h * kv0, k1 + h * kv1, P}, vv = {v0 + h * kv0, v1 + h * kv1, P};
-        pack_keys(kk, T, hb, hb + blocks * 16);
-        pack_values(vv, T, hb + blocks * 17);
-    }
-    PARALLEL_FOR(nt)
-    for (int64_t task = 0; task < KV * tiles; task++) {
-        int64_t h = task / tiles, r0 = task % tiles * ATT_ROWS, rn = R - r0 < ATT_ROWS ? R - r0 : ATT_ROWS;
-        int64_t Tt = pos[r0 + rn - 1] + 1 < T ? pos[r0 + rn - 1] + 1 : T; /* keys any row of the tile sees */
-        __m512i *hb = buf + h * per_head, *tb = buf + KV * per_head + (nt > 1 ? omp_thread() : 0) * per_thread;
-        uint32_t *qu = (uint32_t *)tb;
-        int32_t *s = (int32_t *)(tb + ATT_ROWS);
-        double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
-        uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
-        int64_t i = h * R + r0;
-        keys_t vv = {v0 + h * kv0, v1 + h * kv1, P};
-        unsigned_rows(q + i * 64, rn, qu);
-        scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
-        softmax_rows(s, sq + i, sk0 + h * s0, sv0 + h * s0, P, sk1 + h * s1, sv1 + h * s1, svmax + i, pos + r0, rn,
-                     Tt, inv, steps, table, L, s, esum + i, sbuf, ratio); /* weights over the scores */
-        values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, o + i * 64, plo, phi);
-    }
+    attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kv1, sk1, sv1, s1, T, svmax, pos, inv,
+                    steps, table, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
+    pool_for(KV, nt, attend_pack_task, &j);
+    pool_for(KV * tiles, nt, attend_tile_task, &j);
     free(buf);
     return 1;
 #else

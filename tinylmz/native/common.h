@@ -10,16 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Threads split outputs, never sums (OpenMP when the compiler has it, else one thread). */
-#ifdef _OPENMP
-#include <omp.h>
-static inline int64_t omp_thread(void) { return omp_get_thread_num(); }
-#define PRAGMA(x) _Pragma(#x)
-#define PARALLEL_FOR(nt) PRAGMA(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
-#else
-static inline int64_t omp_thread(void) { return 0; }
-#define PARALLEL_FOR(nt)
-#endif
+/* Threads split outputs, never sums: pool.c runs the tasks (each writes its own outputs). */
+#include "pool.h"
 
 
 /* Blocks of KB products are summed in int32, then added into int64.  Every

@@ -45,48 +45,74 @@ static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int6
     return r;
 }
 
+/* Rows are independent: each task takes a run of rows, with one scratch table F per thread. */
+typedef struct {
+    const float *logits;
+    int64_t n, V, width, L, total, tasks;
+    const int64_t *table, *ids;
+    int32_t *fixed_rows;
+    int64_t *F_all, *cum, *freq;
+} freq_job;
+
 /* Cumulative tables cum int64 (n x (width + 1)): cum[0] = 0, cum[width] = total (the decoder). */
+static void cum_task(void *p, int64_t t, int64_t me)
+{
+    const freq_job *j = p;
+    int64_t V = j->V, width = j->width, *F = j->F_all + j->L * me;
+    for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
+        int32_t *fixed = j->fixed_rows + i * V;
+        int64_t *c = j->cum + i * (width + 1);
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F);
+        c[0] = 0;
+        for (int64_t k = 0; k < V; k++)
+            c[k + 1] = c[k] + F[fixed[k]] + (k == r.arg ? r.adjust : 0);
+        for (int64_t k = V; k < width; k++)
+            c[k + 1] = c[k] + 1;
+    }
+}
+
 int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
                  int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
 {
+    if (nt > n)
+        nt = n > 0 ? n : 1;
     int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
     if (!F_all)
         return 0;
-    PARALLEL_FOR(nt)
-    for (int64_t i = 0; i < n; i++) {
-        int32_t *fixed = fixed_rows + i * V; /* rows are independent: a scratch row each */
-        int64_t *c = cum + i * (width + 1), *F = F_all + L * (nt > 1 ? omp_thread() : 0);
-        freq_row_t r = freq_row(logits + i * V, V, width, table, L, total, fixed, F);
-        c[0] = 0;
-        for (int64_t j = 0; j < V; j++)
-            c[j + 1] = c[j] + F[fixed[j]] + (j == r.arg ? r.adjust : 0);
-        for (int64_t j = V; j < width; j++)
-            c[j + 1] = c[j] + 1;
-    }
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, F_all, cum, NULL};
+    pool_for(j.tasks, nt, cum_task, &j);
     free(F_all);
     return 1;
 }
 
 /* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency. */
+static void sym_task(void *p, int64_t t, int64_t me)
+{
+    const freq_job *j = p;
+    int64_t V = j->V, *F = j->F_all + j->L * me;
+    for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
+        int32_t *fixed = j->fixed_rows + i * V;
+        int64_t id = j->ids[i], below = 0;
+        freq_row_t r = freq_row(j->logits + i * V, V, j->width, j->table, j->L, j->total, fixed, F);
+        int64_t m = id < V ? id : V;
+        for (int64_t k = 0; k < m; k++)
+            below += F[fixed[k]];
+        below += id - m + (r.arg < id ? r.adjust : 0); /* symbols past V weigh 1 */
+        j->cum[i] = below;
+        j->freq[i] = (id < V ? F[fixed[id]] : 1) + (id == r.arg ? r.adjust : 0);
+    }
+}
+
 int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
                  int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
 {
+    if (nt > n)
+        nt = n > 0 ? n : 1;
     int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
     if (!F_all)
         return 0;
-    PARALLEL_FOR(nt)
-    for (int64_t i = 0; i < n; i++) {
-        int32_t *fixed = fixed_rows + i * V;
-        int64_t *F = F_all + L * (nt > 1 ? omp_thread() : 0), id = ids[i], below = 0;
-        freq_row_t r = freq_row(logits + i * V, V, width, table, L, total, fixed, F);
-        int64_t m = id < V ? id : V;
-        for (int64_t j = 0; j < m; j++)
-            below += F[fixed[j]];
-        below += id - m + (r.arg < id ? r.adjust : 0); /* symbols past V weigh 1 */
-        cum[i] = below;
-        freq[i] = (id < V ? F[fixed[id]] : 1) + (id == r.arg ? r.adjust : 0);
-    }
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, ids, fixed_rows, F_all, cum, freq};
+    pool_for(j.tasks, nt, sym_task, &j);
     free(F_all);
     return 1;
 }
-

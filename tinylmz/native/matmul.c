@@ -83,26 +83,33 @@ void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, 
                 y[i * N + j] = ((double)out[i * N + j] * sx[i]) * ws[j];
 }
 
-/* qgemm over all N columns with nt threads (OpenMP when the compiler has it, else one):
- * each thread takes a contiguous share of whole column tiles, so results do not depend on nt. */
-int64_t qgemm_parallel(void)
+/* qgemm over all N columns with nt threads (pool.c): tasks are contiguous runs of whole
+ * column tiles, each written by one thread, so results do not depend on nt. */
+int64_t qgemm_parallel(void) { return pool_threaded(); }
+
+typedef struct {
+    const int16_t *x;
+    int64_t n, K, N, tiles, tasks;
+    const int8_t *w;
+    int64_t *out;
+    const double *sx, *ws;
+    double *y;
+} qgemm_job;
+
+static void qgemm_task(void *p, int64_t c, int64_t me)
 {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
+    const qgemm_job *j = p;
+    (void)me;
+    int64_t j0 = j->tiles * c / j->tasks * TC, j1 = c == j->tasks - 1 ? j->N : j->tiles * (c + 1) / j->tasks * TC;
+    qgemm(j->x, j->n, j->K, j->w, j0, j1, j->N, j->out, j->sx, j->ws, j->y);
 }
 
 void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
               const double *sx, const double *ws, double *y, int64_t nt)
 {
     int64_t tiles = N / TC;
-    PARALLEL_FOR(nt)
-    for (int64_t c = 0; c < nt; c++) {
-        int64_t j0 = tiles * c / nt * TC, j1 = c == nt - 1 ? N : tiles * (c + 1) / nt * TC;
-        qgemm(x, n, K, w, j0, j1, N, out, sx, ws, y);
-    }
+    qgemm_job j = {x, n, K, N, tiles, pool_tasks(tiles, nt), w, out, sx, ws, y};
+    pool_for(j.tasks, nt, qgemm_task, &j);
 }
 
 /* The same product with outputs in the vector lanes (AVX-512 VNNI): no horizontal sums.
@@ -218,7 +225,27 @@ static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_
             LANES_TILE(1, 1);
     }
 }
+typedef struct {
+    const int32_t *xl, *xh;
+    int64_t n, K4;
+    const int8_t *wp;
+    const int32_t *wsum;
+    int64_t blocks, tiles, tasks, N;
+    int64_t *out;
+    const double *sx, *ws;
+    double *y;
+} lanes_job;
+
+static void lanes_task(void *p, int64_t t, int64_t me)
+{
+    const lanes_job *j = p;
+    (void)me;
+    int64_t b0 = j->tiles * t / j->tasks * LTC, b1 = j->tiles * (t + 1) / j->tasks * LTC;
+    lanes_blocks(j->xl, j->xh, j->n, j->K4, j->wp, j->wsum, b0, b1 < j->blocks ? b1 : j->blocks, j->N, j->out,
+                 j->sx, j->ws, j->y);
+}
 #endif
+
 
 /* x (n x K int16) times packed weights (N rows, N a multiple of 16, K4 = ceil(K / 4) quads):
  * out (int64, optional) and y = dequantized (optional), with nt threads splitting blocks of rows
@@ -245,14 +272,9 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    if (nt > tiles)
-        nt = tiles > 0 ? tiles : 1;
-    PARALLEL_FOR(nt)
-    for (int64_t t = 0; t < nt; t++) {
-        int64_t b0 = tiles * t / nt * LTC, b1 = tiles * (t + 1) / nt * LTC;
-        lanes_blocks((const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, b0, b1 < blocks ? b1 : blocks, N,
-                     out, sx, ws, y);
-    }
+    lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, pool_tasks(tiles, nt),
+                   N, out, sx, ws, y};
+    pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);
     return 1;
 #else

@@ -1,0 +1,115 @@
+"""The kernels' thread pool and the thread-count governor: results never depend on threads."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from tinylmz import kernel, threads
+
+
+@pytest.fixture(autouse=True)
+def _auto_threads():
+    yield
+    threads.set_threads(None)
+
+
+def test_pool_products_equal_for_every_thread_count():
+    rng = np.random.default_rng(1)
+    x = rng.integers(-32767, 32768, (7, 1536)).astype(np.int16)
+    w = rng.integers(-127, 128, (2052, 1536)).astype(np.int8)
+    want = x.astype(np.int64) @ w.T.astype(np.int64)
+    for nt in (1, 2, 3, 5, 16):
+        threads.set_threads(nt)
+        assert np.array_equal(kernel.qgemm(x, w), want), nt
+
+
+def test_pool_serves_two_callers_at_once():
+    """Two Python threads calling the kernel together: one gets the pool, the other runs alone."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(-32767, 32768, (6, 1024)).astype(np.int16)
+    w = rng.integers(-127, 128, (4096, 1024)).astype(np.int8)
+    want = x.astype(np.int64) @ w.T.astype(np.int64)
+    threads.set_threads(2)
+    bad = []
+
+    def loop():
+        for _ in range(40):
+            if not np.array_equal(kernel.qgemm(x, w), want):
+                bad.append(1)
+
+    ts = [threading.Thread(target=loop) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
+
+
+def test_products_equal_with_cores_taken(tmp_path):
+    """Busy processes on every core (the case that once made 2 threads 10x slower): same integers."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        rng = np.random.default_rng(3)
+        x = rng.integers(-32767, 32768, (9, 576)).astype(np.int16)
+        w = rng.integers(-127, 128, (1536, 576)).astype(np.int8)
+        want = x.astype(np.int64) @ w.T.astype(np.int64)
+        threads.set_threads(4)
+        assert all(np.array_equal(kernel.qgemm(x, w), want) for _ in range(200))
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def test_set_threads_and_environment(monkeypatch):
+    monkeypatch.delenv("TINYLMZ_THREADS", raising=False)
+    assert threads.fixed() is None and threads.threads() == threads.available_cpus()
+    monkeypatch.setenv("TINYLMZ_THREADS", "3")
+    assert threads.fixed() == 3 and threads.threads() == 3
+    threads.set_threads(1)  # wins over the environment
+    assert threads.threads() == 1
+    with pytest.raises(ValueError):
+        threads.set_threads(0)
+    monkeypatch.setenv("TINYLMZ_THREADS", "many")
+    threads.set_threads(None)
+    with pytest.raises(ValueError, match="TINYLMZ_THREADS"):
+        threads.threads()
+
+
+def test_governor_keeps_the_cheapest_count_and_keeps_trying_neighbours():
+    g = threads.Governor()
+    cost = {1: 1.0, 2: 0.6, 3: 0.5, 4: 2.0}  # seconds per unit: 4 threads on 4 cores, one of them taken
+    picks = []
+    for _ in range(400):
+        nt = g.choose(5, 4)
+        picks.append(nt)
+        g.record(nt, 5, cost[nt])
+    tail = picks[100:]
+    assert max(set(tail), key=tail.count) == 3
+    assert tail.count(3) > 0.85 * len(tail)
+    assert {2, 4} <= set(tail)  # the neighbours are still measured now and then
+    # the load changes: 1 thread becomes the cheapest, and the governor follows
+    cost.update({1: 0.1, 2: 0.2})
+    for _ in range(400):
+        nt = g.choose(5, 4)
+        g.record(nt, 5, cost[nt])
+    assert [g.choose(5, 4) for _ in range(20)].count(1) >= 15
+
+
+def test_governor_is_off_when_the_count_is_fixed(tiny_model):
+    from tinylmz import registry
+    from tinylmz.engine_portable import PortableEngine
+
+    m = registry.resolve(str(tiny_model))
+    e = PortableEngine(m.path, m.sha256)
+    threads.set_threads(2)
+    pre = e.prefill([1, 2, 3])
+    e.score(pre, [4, 5, 6]).__next__()
+    assert e.governor.cost == {}
+    threads.set_threads(None)
+    list(e.score(pre, [4, 5, 6]))
+    assert threads.available_cpus() == 1 or e.governor.cost
