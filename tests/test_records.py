@@ -269,3 +269,41 @@ def test_real_model_records(default_model_path):
     z = zstd.ZstdCompressor(level=19, dict_data=d, write_checksum=False, write_dict_id=False)
     zsize = sum(len(z.compress(r)) for r in recs)
     assert sum(map(len, frames)) <= zsize / 2, (list(map(len, frames)), zsize)
+
+
+# ---- golden files: frames and logs of earlier record format versions still decode ----------
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
+
+
+def _golden_check(tag: str, model) -> None:
+    import json
+
+    man = json.loads((GOLDEN / f"records-v1.{tag}.json").read_text())
+    ctx = man["context"].encode()
+    codecs = {}
+    for f in man["frames"]:
+        seg = f["segment_tokens"]
+        if seg not in codecs:
+            codecs[seg] = RecordCodec(ctx, model=model, segment_tokens=seg)
+        assert codecs[seg].decompress(bytes.fromhex(f["frame"])) == bytes.fromhex(f["record"])
+    c = codecs[1024]
+    frames = [bytes.fromhex(f["frame"]) for f in man["frames"] if f["segment_tokens"] == 1024]
+    assert c.decompress_many(frames) == [bytes.fromhex(f["record"]) for f in man["frames"] if f["segment_tokens"] == 1024]
+    log = (GOLDEN / man["log"]["file"]).read_bytes()
+    original = (GOLDEN / man["log"]["original"]).read_bytes()
+    assert b"".join(read_log(io.BytesIO(log), c)) == original
+    parts = original.split(b"\n")  # records are split at b"\n" only (not at b"\r")
+    lines = [x + b"\n" for x in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    assert len(lines) == read_log_info(io.BytesIO(log)).n_records
+    for n in sorted({0, min(4, len(lines) - 1), len(lines) - 1}):
+        assert read_record(io.BytesIO(log), c, n) == lines[n]
+
+
+def test_golden_v1_tiny(tiny_model):
+    _golden_check("tiny", tiny_model)
+
+
+@pytest.mark.integration
+def test_golden_v1_default_model(default_model_path):
+    _golden_check("smollm2", default_model_path)
