@@ -129,21 +129,59 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
     return reader, session
 
 
+DECODE_TOKENS = 40960  # decoder: stream positions in flight (~14 KB of key/value cache each)
+
+
+def _groups(blocks, segment_tokens: int) -> Iterator[list]:
+    """Consecutive blocks whose model-coded streams fit ``DECODE_TOKENS`` together.
+
+    A read error (a damaged block header) is raised only after the blocks before it.
+    """
+    group, cost = [], 0
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            break
+        except TinylmzError:
+            if group:
+                yield group
+            raise
+        need = 0
+        if block.method == container.MODEL:
+            try:
+                streams = container.read_varint(block.payload, 0)[0]
+            except (TinylmzError, IndexError, ValueError):
+                streams = 1  # damaged: reported when it is decoded
+            need = max(1, min(streams, 1 << 16)) * segment_tokens  # the lockstep's cache: streams x longest
+        if group and cost + need > DECODE_TOKENS:
+            yield group
+            group, cost = [], 0
+        group.append(block)
+        cost += need
+    if group:
+        yield group
+
+
 def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force: bool = False,
                     progress: Progress | None = None) -> Iterator[bytes]:
-    """Yield the original bytes block by block; raises FormatError on any damage."""
+    """Yield the original bytes block by block; raises FormatError on any damage.
+
+    Several blocks are decoded side by side (their streams in one model call per step), up
+    to a bounded number of stream positions, so output arrives a group of blocks at a time.
+    """
     reader, make_session = open_reader(fileobj, model=model, context=context, force=force)
     session = None
     total, crc = 0, 0
-    for block in reader.blocks():
-        if block.method == container.MODEL and session is None:
+    for group in _groups(iter(reader.blocks()), reader.header.segment_tokens):
+        if session is None and any(b.method == container.MODEL for b in group):
             session = make_session()
-        raw = codec.decode_block(session, block, progress)
-        if progress and block.method != container.MODEL:
-            progress(len(raw))
-        total += len(raw)
-        crc = zlib.crc32(raw, crc)
-        yield raw
+        for block, raw in zip(group, codec.decode_blocks(session, group, progress)):
+            if progress and block.method != container.MODEL:
+                progress(len(raw))
+            total += len(raw)
+            crc = zlib.crc32(raw, crc)
+            yield raw
     if reader.trailer != (total, crc):
         raise FormatError("file decodes to the wrong bytes (whole-file checksum mismatch)")
 
