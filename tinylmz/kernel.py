@@ -92,6 +92,7 @@ def load():
     lib.qgemm_mt.restype = None
     lib.qgemm_mt.argtypes = [p, i64, i64, p, i64, p, p, p, p, i64]
     lib.qgemm_parallel.restype = i64
+    lib.simd_path.restype = ctypes.c_char_p
     lib.qk_mt.restype = lib.pv_mt.restype = lib.softmax_p_mt.restype = None
     lib.qk_mt.argtypes = lib.pv_mt.argtypes = [p, p, i64, i64, i64, i64, i64, p, i64, i64, i64]
     lib.softmax_p_mt.argtypes = [p, p, p, p] + [i64] * 4 + [p] * 4 + [i64] * 4 + [f64, f64, p, i64, p, p, i64]
@@ -117,6 +118,9 @@ def load():
     w[3:5] = 127
     want = x.astype(np.int64) @ w.T.astype(np.int64)
     if not all(np.array_equal(_run(fn, x[:n], w, t), want[:n]) for n in (9, 4, 1) for t in (1, 3)):
+        return None
+    xt, wt = np.ascontiguousarray(x[:5, :1043]), np.ascontiguousarray(w[:7, :1043])  # K past the last full vector
+    if not np.array_equal(_run(fn, xt, wt, 1), xt.astype(np.int64) @ wt.T.astype(np.int64)):
         return None
     if lib.qgemm_lanes_available():
         pw = Packed(w, lib)  # 1031 rows: the last block is padded
@@ -223,6 +227,13 @@ class Packed:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of the matrix (int8, shape ids.shape + (K,)), read from the packed layout."""
         return self.p[ids // 16, :, ids % 16, :].reshape(*np.shape(ids), -1)[..., : self.k]
+
+
+def simd() -> str:
+    """The instruction-set path the kernel's integer products were built for: ``avx512-vnni``,
+    ``avx2``, ``neon-dotprod`` (ARMv8.2 sdot), ``neon``, ``c``; ``numpy`` without a kernel."""
+    fn = load()
+    return "numpy" if fn is None else fn.lib.simd_path().decode()
 
 
 def packs() -> bool:

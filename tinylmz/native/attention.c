@@ -241,6 +241,10 @@ static int pv_lanes(const int32_t *p, const int8_t *v, int64_t R, int64_t T, int
 void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t kstride, int32_t *s, int64_t ld)
 {
+#ifdef TINYLMZ_NEON
+    if (neon_qk(q, k, B, R, T, D, kstride, s, ld))
+        return;
+#endif
 #if LANES
     if (R >= 8 && D == 64) { /* enough rows to pay for the transposition */
         int64_t b = 0;
@@ -283,6 +287,10 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
 void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t vstride, int64_t *o, int64_t ld)
 {
+#ifdef TINYLMZ_NEON
+    if (neon_pv(p, v, B, R, T, D, vstride, o, ld))
+        return;
+#endif
 #if LANES
     if (R >= 8 && D == 64) { /* enough rows to pay for laying out the values */
         int64_t b = 0;

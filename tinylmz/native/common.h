@@ -58,6 +58,8 @@ static inline int64_t acc_sum(acc_t a)
         s += l[i];
     return s;
 }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include "neon.h" /* NEON: mac() for the tiles (vmlal_s16), and neon.c's kernels; bounds there */
 #else /* plain C: the compiler vectorizes what it can */
 #define KB 256
 #define VEC 1

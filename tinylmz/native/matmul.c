@@ -67,6 +67,11 @@ void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, 
            int64_t N, int64_t *out, const double *sx, const double *ws, double *y)
 {
     int64_t nr = n - n % TR, j = j0;
+#ifdef TINYLMZ_NEON
+    if (neon_qgemm(x, n, K, w, j0, j1, N, out)) /* sdot, where the compiler targets it */
+        j = j1;
+    else
+#endif
     for (; j + TC <= j1; j += TC) {
         for (int64_t i = 0; i < nr; i += TR)
             tile(x + i * K, K, w + j * K, out + i * N + j, N);
