@@ -163,7 +163,7 @@ def bench_brotli(test: list[bytes]) -> dict:
 
 
 def bench_tinylmz(context: bytes, test: list[bytes], model, engine: str, profile: bool, n_single: int) -> dict:
-    from tinylmz.records import RecordCodec
+    from tinylmz.records import RecordCodec, frame_method
 
     t0 = time.perf_counter()
     codec = RecordCodec(context, model=model, engine=engine)
@@ -204,11 +204,9 @@ def bench_tinylmz(context: bytes, test: list[bytes], model, engine: str, profile
     assert back == test
     methods = {}
     for f in frames:
-        m = "model" if f[0] & 0x0F == 0 else "stored"
-        methods[m] = methods.get(m, 0) + 1
+        methods[frame_method(f)] = methods.get(frame_method(f), 0) + 1
     return {"method": f"tinylmz records ({codec.engine.name}, {codec.model.name})",
             "bytes_per_record": sum(map(len, frames)) / len(test),
-            "header_bytes_per_record": sum(5 if f[0] & 0x0F == 0 else 4 for f in frames) / len(test),
             "compress_rec_s": len(test) / dt, "decompress_rec_s": n_single / dt1 if n_single else None,
             "decompress_many_rec_s": len(test) / ddt, "decompress_many_tok_s": n_tokens / ddt,
             "tokens_per_record": n_tokens / len(test), "context_tokens": ctx_tokens,
@@ -272,7 +270,7 @@ def main(argv=None) -> int:
             if "decompress_many_tok_s" in row:
                 print(f"  tinylmz: decompress_many {row['decompress_many_rec_s']:.1f} records/s, "
                       f"{row['decompress_many_tok_s']:.1f} tokens/s; {row['tokens_per_record']:.1f} tokens/record, "
-                      f"header {row['header_bytes_per_record']:.1f} B/record; context {row['context_tokens']} tokens "
+                      f"context {row['context_tokens']} tokens "
                       f"(prefill {row['prefix_s']:.2f} s, load {row['load_s']:.2f} s); methods {row['methods']}")
             if "dictionary" in row:
                 print(f"  zstd dictionary: {row['dictionary']}")

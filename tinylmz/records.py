@@ -4,78 +4,48 @@ A data logger keeps a *context* — a few KB of typical records — that both
 sides feed to the model before every record.  The model state after the
 context (start token + context tokens, a KV-cache snapshot: ``Session.prefix``)
 is computed once per codec and reused, so a record costs only its own tokens.
-Each record is coded as independent range-coder stream(s) that start from that
-prefix; a frame therefore decodes alone given the same context, model and
+Each record is coded as an independent range-coder stream that starts from
+that prefix; a frame therefore decodes alone given the same context, model and
 engine, and many frames decode side by side (``decompress_many``: one model
 call advances up to ``engine.max_streams`` frames).
 
-Frame format (version 1)
-------------------------
+Frames (version 2; ``FORMAT.md`` §7 specifies them bit by bit)
+--------------------------------------------------------------
 
-All multi-byte integers little-endian; ``varint`` is LEB128 (7 bits per byte,
-low group first, high bit = more), as in the .tlmz container::
+A frame carries no header: the codec (its context, model, engine and segment
+length) is the caller's, or the record log's header.  Its first byte tells the
+kind::
 
-    frame   = tag:u8 ctx_id:u16 check:u8 body
-    tag     = version << 4 | method          version = 1
-    check   = crc32(record) & 0xFF           (zlib.crc32 of the decoded record)
-    method 0, MODEL:   body = varint(n_tokens) len_1 .. len_{k-1} stream_1 .. stream_k
-    method 1, STORED:  body = the record bytes as is (length = rest of the frame)
+    b""                         the empty record
+    0x00 check:u8 record        STORED
+    0x01 check:u8 deflate       DEFLATE (raw zlib stream)
+    0x02 ...                    MODEL, a record of more than S tokens (several streams)
+    0x10, 0x11                  a version-1 frame (still decoded)
+    0x12 .. 0xFF                MODEL: one range-coder stream
 
-* ``ctx_id`` = the first two bytes (read as u16 little-endian) of
-  ``sha256(b"tinylmz-records\\0" + json)`` where ``json`` is the canonical
-  (sorted keys, no spaces) JSON of ``{"context": sha256(context) hex,
-  "engine": engine name, "model": sha256(model file) hex, "params": engine
-  params, "segment": S}``.  A frame whose ``ctx_id`` differs from the decoder's
-  is rejected (it was made with another context, model, engine or engine
-  version); as it is a 16-bit hash, a wrong combination slips through with
-  probability 2^-16, and the check byte then catches 255 in 256 of those.
-* MODEL: the record's ``n_tokens`` token ids (tokenized by the model's own
-  tokenizer; ids' byte pieces concatenate to the record) are cut into
-  ``k = ceil(n_tokens / S)`` streams of ``S`` tokens (the last one shorter);
-  ``S`` is the codec's ``segment_tokens`` (default 1024, so a record of up to
-  1024 tokens is one stream and ``k = 1`` needs no ``len`` fields).  Each
-  stream is coded from the shared prefix by the range coder of ``rangecoder.py``
-  with the frequency tables of ``freqs.py`` (exactly as a .tlmz segment);
-  ``len_i = varint(byte length of stream i)`` for every stream but the last,
-  which takes the rest of the frame.  ``n_tokens = 0`` is the empty record.
-* STORED: used for records the model cannot beat (binary data, the empty
-  record): the encoder emits whichever frame is shorter (STORED on ties), so a
-  frame is never more than 4 bytes longer than its record.
-* Decoders reject: an unknown version or method, a ctx_id mismatch, a
-  truncated varint, a stream table that does not fit the frame, a range-coder
-  stream that is corrupt or has bytes left over after its last symbol, and a
-  check-byte mismatch.  Damage is therefore detected except with probability
-  about 2^-8 (the check byte), never by reading out of bounds.
+A MODEL stream codes, with the range coder of ``rangecoder.py``: a *method*
+symbol (fixed table; it keeps the stream's first byte >= 0x12), then for each
+token a binary *end* flag (its probability taken from the model's probability
+of ``"\\n"``, what follows a record in a context of lines) and the token (the
+frequency table of ``freqs.py``, as in a .tlmz stream), then the end flag set,
+then an 8-bit ``check`` (uniform).  ``check = crc32(key + record) & 0xFF``
+where ``key`` is the 32-byte identity of the codec (context, model, engine and
+its parameters, segment length).  The decoder also requires the stream to end
+exactly as the encoder ends it (the shortest value in the final interval) and
+to read at most 16 bytes past its end.
 
-Header overhead: 5 bytes for a model-coded record of under 128 tokens (tag,
-ctx_id, check, one varint byte), 4 bytes for a stored one.
+Guarantee: a damaged frame, or one decoded with another context, model, engine
+or segment length, raises ``FormatError`` except with probability about 2^-8
+(the check; the exact-end rule and the end flag reject most such frames before
+it).  No frame is ever read out of bounds or decoded past ``S`` tokens.
 
-Record log (``.tlmzr``) format (version 1)
-------------------------------------------
+Overhead: about 1.1 bytes for a model-coded record (check 8 bits, end flag and
+method symbol ~0.3 bits), 2 bytes for a stored one, 0 for the empty record.
 
-A file of records for the CLI (``tinylmz records compress / decompress /
-get``).  The input bytes are split at ``\\n``: each line *without* its newline
-is one record (so the newline costs nothing), and a flag says whether the
-input ended with a newline, which makes the round trip exact for files with or
-without a final newline (an empty input has no records; ``b"\\n"`` is one empty
-record)::
-
-    log     = header frame_entry* index trailer
-    header  = "TLMR" version:u8 hlen:u16 hbody[hlen] hcrc:u32      hcrc = crc32(magic .. hbody)
-    hbody   = model_sha256[32] name_len:u8 name engine_len:u8 engine
-              varint(params_len) params_json context_sha256[32] varint(context_size)
-              varint(segment_tokens) ctx_id:u16 varint(index_step)
-    frame_entry = varint(frame_len) frame
-    index   = offset:u64 of frame_entry i*index_step, i = 0 .. ceil(n/index_step)-1
-              (offsets from the first byte of the header)
-    trailer = n_records:u64 index_offset:u64 flags:u8 data_crc:u32 tcrc:u32 "TLMR"
-              flags bit 0: the input did NOT end with a newline
-              data_crc = crc32 of the whole original input
-              tcrc = crc32(index .. data_crc)
-
-``read_record`` reads the trailer and index, seeks to the indexed entry at or
-before record ``n`` and skips at most ``index_step - 1`` length prefixes, so it
-decodes one frame only.  ``read_log`` decodes frames side by side in batches.
+Record logs (``.tlmzr``, version 2): a header naming the model, engine, context
+and segment length, then ``varint(frame_len) frame`` per line, an index of every
+64th entry's offset and a trailer (record count, whole-input CRC).  Version-1
+logs (version-1 frames) still decode.  ``FORMAT.md`` §7 has the layout.
 
 API
 ---
@@ -97,7 +67,7 @@ import hashlib
 import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -106,21 +76,36 @@ from . import freqs
 from .codec import DEFAULT_ENGINE
 from .container import read_varint, varint
 from .errors import EngineMismatch, FormatError, ModelError, TinylmzError
-from .rangecoder import Decoder
+from .rangecoder import Decoder, Encoder
 
-VERSION = 1
-MODEL, STORED = 0, 1
-METHODS = {MODEL: "model", STORED: "stored"}
+VERSION = 2
 DEFAULT_SEGMENT_TOKENS = 1024
-HEADER_BYTES = 4  # tag + ctx_id + check; a MODEL frame adds its varint token count
 # Text is always tried with the model; bytes that are not UTF-8 and tokenize
 # to more than this many tokens per byte are binary and stored without a model call.
 MAX_TOKENS_PER_BYTE = 0.6
 _ID_SALT = b"tinylmz-records\0"
 
+# Frame tags (first byte).  A MODEL stream's first byte is >= FIRST_MODEL_BYTE.
+STORED, DEFLATE, MULTI = 0x00, 0x01, 0x02
+V1_TAGS = (0x10, 0x11)  # version << 4 | method of version-1 frames
+FIRST_MODEL_BYTE = 0x12
+TOTAL = freqs.TOTAL
+# Method symbol: RESERVED = [0, C0), MODEL = [C0, TOTAL).  Coding MODEL puts the stream's value
+# at or above (2^36 - 1) * C0 / 2^64 > 0x12 / 256, so its first byte is >= 0x12 (cost 0.11 bits).
+METHOD_C0 = 0x13 << 20
+CHECK_BITS = 8
+END_MIN = 1 << 16  # the end flag's frequency is at least this: an end costs at most 12 bits
+END_SHIFT = 4  # the end flag gets 15/16 of the newline symbol's frequency
+MAX_OVERRUN = 16  # bytes a MODEL stream's decoder may read past its end (zeros)
+DEFLATE_MIN = 16  # shorter records are not worth a deflate attempt
 
-def _crc8(record: bytes) -> int:
-    return zlib.crc32(record) & 0xFF
+# Version 1 (decode only): tag:u8 ctx_id:u16 check:u8 body
+V1_MODEL, V1_STORED = 0, 1
+V1_HEADER = 4
+
+
+class ContextMismatch(TinylmzError):
+    """A record log was made with another context or segment length than the codec's."""
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -131,23 +116,84 @@ def _is_utf8(b: bytes) -> bool:
         return False
 
 
-def context_id(context_sha256: str, model_sha256: str, engine: str, params: dict, segment_tokens: int) -> int:
-    """The 16-bit id a frame carries (see the module docstring)."""
+def _bytes(data, what: str) -> bytes:
+    """``data`` as bytes; bytes-like objects only (as the stdlib compressors take)."""
+    if isinstance(data, str):
+        raise TypeError(f"{what} must be bytes, not str (encode it first)")
+    try:
+        return memoryview(data).tobytes()
+    except TypeError:
+        raise TypeError(f"{what} must be a bytes-like object, not {type(data).__name__}") from None
+
+
+def identity(context_sha256: str, model_sha256: str, engine: str, params: dict, segment_tokens: int) -> bytes:
+    """The codec's 32-byte identity: ``sha256(salt + canonical JSON of what the frames depend on)``."""
     ident = json.dumps(
         {"context": context_sha256, "engine": engine, "model": model_sha256, "params": params or {},
          "segment": int(segment_tokens)},
         sort_keys=True, separators=(",", ":"),
     ).encode()
-    return int.from_bytes(hashlib.sha256(_ID_SALT + ident).digest()[:2], "little")
+    return hashlib.sha256(_ID_SALT + ident).digest()
+
+
+def context_id(context_sha256: str, model_sha256: str, engine: str, params: dict, segment_tokens: int) -> int:
+    """The 16-bit id of version-1 frames and log headers: the identity's first two bytes (little-endian)."""
+    return int.from_bytes(identity(context_sha256, model_sha256, engine, params, segment_tokens)[:2], "little")
+
+
+def end_frequency(f_newline: int) -> int:
+    """Frequency (of TOTAL) of the end flag at a position where the newline symbol has ``f_newline``."""
+    return max(f_newline - (f_newline >> END_SHIFT), END_MIN)  # <= 15/16 of TOTAL: "continue" keeps >= 1/16
+
+
+def exact_end(dec: Decoder, data: bytes) -> bool:
+    """Whether ``data`` ends exactly as ``Encoder.finish`` ends a stream in the decoder's final interval.
+
+    The decoder has read ``pos`` bytes (zeros past the end); the encoder's interval at that
+    scale is ``[low, low + range)`` with ``low = value(data[:pos]) - code``.  ``finish`` writes
+    the multiple of the largest power ``2^b`` (b <= 64) in it, as ``pos`` bytes, and drops
+    trailing zeros.
+    """
+    pos = dec._pos
+    low = int.from_bytes(data[:pos].ljust(pos, b"\0"), "big") - dec.code
+    high = low + dec.range
+    for b in range(64, -1, -1):
+        v = -((-low) >> b) << b
+        if v < high:
+            break
+    if v >> (8 * pos):
+        return False
+    return v.to_bytes(pos, "big").rstrip(b"\0") == data
 
 
 @dataclass
-class _Parsed:
-    method: int
-    check: int
-    raw: bytes = b""  # STORED
-    n_tokens: int = 0  # MODEL
-    streams: list = None  # MODEL: [(token count, bytes)]
+class _Stream:
+    """One range-coder stream of a frame, to be decoded."""
+
+    data: bytes
+    count: int | None  # known token count; None: the stream codes end flags, the end and the check
+    method: bool = False  # starts with the method symbol (a one-stream MODEL frame)
+    ids: list = field(default_factory=list)
+    check: int | None = None  # decoded check value
+    error: str | None = None
+
+
+@dataclass
+class _Frame:
+    v1: bool
+    record: bytes | None = None  # known without the model (empty, STORED, DEFLATE)
+    check: int | None = None  # expected check (STORED, DEFLATE, version 1)
+    streams: list = field(default_factory=list)
+
+
+def frame_method(frame: bytes) -> str:
+    """"empty", "stored", "deflate" or "model" (what ``compress`` chose)."""
+    if not frame:
+        return "empty"
+    b = frame[0]
+    if b in V1_TAGS:
+        return "model" if b & 0x0F == V1_MODEL else "stored"
+    return {STORED: "stored", DEFLATE: "deflate"}.get(b, "model")
 
 
 class RecordCodec:
@@ -158,6 +204,10 @@ class RecordCodec:
     ``segment_tokens``: records longer than this many tokens are coded as
     several streams inside one frame (not rejected).  ``params``: engine
     parameters recorded in a log header (to rebuild a llama engine).
+
+    Frames carry no copy of the context's identity: decode them with a codec
+    made with the same context, model, engine and segment length (a mismatch
+    raises ``FormatError`` except with probability about 2^-8).
     """
 
     def __init__(self, context: bytes, *, model=None, engine: str | None = None,
@@ -166,7 +216,7 @@ class RecordCodec:
 
         if segment_tokens < 1:
             raise TinylmzError("segment length must be at least 1 token")
-        self.context = bytes(context or b"")
+        self.context = _bytes(context or b"", "context")
         if isinstance(model, registry.ResolvedModel):
             self.model = model
         else:
@@ -174,16 +224,19 @@ class RecordCodec:
         self.engine_name = engine or DEFAULT_ENGINE
         self.segment_tokens = int(segment_tokens)
         # The llama engine sizes its context window from the session's segment length:
-        # leave room for the context (tokens <= bytes) in front of a record's stream.
+        # leave room for the context (tokens <= bytes; the window has room for the start token
+        # and a stream's end position besides).
         seg = self.segment_tokens + (len(self.context) if self.engine_name == "llama" else 0)
         self.session = api.get_session(self.model, self.engine_name, seg, self.context or None, params)
         self.engine = self.session.engine
         self.vocab = self.session.vocab
         self.params = self.engine.params()
         self.context_sha256 = hashlib.sha256(self.context).hexdigest()
-        self.id = context_id(self.context_sha256, self.model.sha256, self.engine.name, self.params,
-                             self.segment_tokens)
-        self._id_bytes = struct.pack("<H", self.id)
+        self.key = identity(self.context_sha256, self.model.sha256, self.engine.name, self.params,
+                            self.segment_tokens)
+        self.id = int.from_bytes(self.key[:2], "little")  # version-1 frames and log headers
+        self._key_crc = zlib.crc32(self.key)
+        self._newline = int(self.vocab.byte_ids[0x0A])  # the symbol of b"\n" (FORMAT.md §4)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -200,63 +253,171 @@ class RecordCodec:
     def tokenize(self, record: bytes) -> np.ndarray:
         return self.session.tokenizer.encode(record) if record else np.zeros(0, np.int32)
 
+    def check(self, record: bytes) -> int:
+        """The frame check of ``record``: ``crc32(key + record) & 0xFF``."""
+        return zlib.crc32(record, self._key_crc) & ((1 << CHECK_BITS) - 1)
+
     # -- compression -----------------------------------------------------------------------
 
     def compress(self, record: bytes, *, ids: np.ndarray | None = None) -> bytes:
-        """One frame for ``record`` (the shorter of model-coded and stored)."""
-        record = bytes(record)
-        head = bytes([VERSION << 4 | STORED]) + self._id_bytes + bytes([_crc8(record)])
-        best = head + record
+        """One frame for ``record``: the shortest of model-coded, deflate and stored (stored on ties)."""
+        record = _bytes(record, "record")
         if not record:
-            return best
+            return b""
+        best = bytes([STORED, self.check(record)]) + record
+        if len(record) >= DEFLATE_MIN:
+            z = zlib.compressobj(9, zlib.DEFLATED, -15)
+            packed = bytes([DEFLATE, self.check(record)]) + z.compress(record) + z.flush()
+            if len(packed) < len(best):
+                best = packed
         if ids is None:
             ids = self.tokenize(record)
         if len(ids) > MAX_TOKENS_PER_BYTE * len(record) and not _is_utf8(record):
             return best
         coded = self._model_frame(record, ids)
-        return coded if len(coded) < len(best) else best
+        return coded if coded is not None and len(coded) < len(best) else best
 
-    def _model_frame(self, record: bytes, ids: np.ndarray) -> bytes:
-        """The MODEL frame of ``record`` (tokens ``ids``), whatever its size."""
-        streams = self.session.encode_streams(self.session.segments(ids))[0]
-        body = bytearray(varint(len(ids)))
-        for s in streams[:-1]:
-            body += varint(len(s))
-        for s in streams:
-            body += s
-        return bytes([VERSION << 4 | MODEL]) + self._id_bytes + bytes([_crc8(record)]) + bytes(body)
+    def _model_frame(self, record: bytes, ids: np.ndarray) -> bytes | None:
+        """The MODEL frame of ``record`` (tokens ``ids``), whatever its size; None in the rare
+        case that its stream would need more than MAX_OVERRUN bytes read past its end."""
+        ids = np.asarray(ids, dtype=np.int64)
+        check = self.check(record)
+        seg = self.segment_tokens
+        if len(ids) <= seg:
+            return self._end_stream(ids, check, method=True)
+        full = (len(ids) - 1) // seg  # streams of exactly S tokens; the last one has 1..S
+        head = self.session.encode_streams([ids[i : i + seg] for i in range(0, full * seg, seg)])[0]
+        last = self._end_stream(ids[full * seg :], check, method=False)
+        if last is None:
+            return None
+        out = bytearray([MULTI]) + varint(full)
+        for s in head:
+            out += varint(len(s))
+        return bytes(out + b"".join(head) + last)
+
+    def _logit_rows(self, ids: np.ndarray) -> Iterator[np.ndarray]:
+        """Logits after the prefix and ids[:j], j = 0..len(ids) (one row more than ids), in chunks."""
+        s = self.session
+        feed = s._input[ids]
+        if self.engine.batch_invariant:
+            yield from self.engine.score(s.prefix, np.append(feed, s.vocab.start_id))
+            return
+        stepper = self.engine.stepper(s.prefix, 1)  # drive it exactly as the decoder will
+        for j in range(len(ids) + 1):
+            yield np.array(stepper.logits()[:1])
+            if j < len(ids):
+                stepper.feed([int(feed[j])])
+
+    def _end_stream(self, ids: np.ndarray, check: int, *, method: bool) -> bytes | None:
+        """Range-code [method], (end flag, token) per id, the end flag set, the check."""
+        w, n = self.session.width, len(ids)
+        syms: list[tuple[int, int, int]] = [(METHOD_C0, TOTAL - METHOD_C0, TOTAL)] if method else []
+        done = 0
+        for chunk in self._logit_rows(ids):
+            for rows in np.array_split(chunk, -(-len(chunk) // 32)):  # bounded (rows x vocabulary) tables
+                k = len(rows)
+                real = ids[done : done + k]
+                _, f_nl = freqs.symbols(rows, np.full(k, self._newline), w)
+                cum, fr = freqs.symbols(rows[: len(real)], real, w) if len(real) else ((), ())
+                for j, (fn, c, f) in enumerate(zip(f_nl.tolist(), list(cum) + [None], list(fr) + [None])):
+                    e = end_frequency(fn)
+                    if done + j < n:
+                        syms += [(0, TOTAL - e, TOTAL), (int(c), int(f), TOTAL)]
+                    else:
+                        syms.append((TOTAL - e, e, TOTAL))
+                done += k
+        assert done == n + 1
+        syms.append((check, 1, 1 << CHECK_BITS))
+        enc = Encoder()
+        for c, f, t in syms:
+            enc.encode(c, f, t)
+        data = enc.finish()
+        # The decoder's view, without the model: the same symbols, an exact end, the overrun bound.
+        dec = Decoder(data)
+        for c, f, t in syms:
+            v = dec.target(t)
+            assert c <= v < c + f
+            dec.consume(c, f)
+        assert exact_end(dec, data) and (not method or data[0] >= FIRST_MODEL_BYTE)
+        return data if dec.overrun <= MAX_OVERRUN else None
 
     # -- decompression ---------------------------------------------------------------------
 
-    def _parse(self, frame: bytes, where: str) -> _Parsed:
-        frame = bytes(frame)
-        if len(frame) < HEADER_BYTES:
-            raise FormatError(f"{where} is truncated ({len(frame)} bytes; a frame has at least {HEADER_BYTES})")
+    def _parse(self, frame: bytes, where: str) -> _Frame:
+        if not frame:
+            return _Frame(False, record=b"")
         tag = frame[0]
-        version, method = tag >> 4, tag & 0x0F
-        if version != VERSION:
-            raise FormatError(f"{where} has record format version {version}; this tinylmz reads version {VERSION}")
-        if method not in METHODS:
-            raise FormatError(f"{where} has unknown method {method}")
-        fid = struct.unpack_from("<H", frame, 1)[0]
+        if tag >= FIRST_MODEL_BYTE:
+            return _Frame(False, streams=[_Stream(frame, None, method=True)])
+        if tag in V1_TAGS:
+            return self._parse_v1(frame, where)
+        if tag in (STORED, DEFLATE):
+            if len(frame) < 2:
+                raise FormatError(f"{where} is truncated (a {frame_method(frame)} frame has at least 2 bytes)")
+            body = frame[2:]
+            if tag == DEFLATE:
+                z = zlib.decompressobj(-15)
+                try:
+                    body = z.decompress(body)
+                except zlib.error:
+                    raise FormatError(f"{where} is damaged (deflate data)") from None
+                if not z.eof or z.unused_data:
+                    raise FormatError(f"{where} is damaged (deflate data does not end at the frame's end)")
+            return _Frame(False, record=body, check=frame[1])
+        if tag == MULTI:
+            return self._parse_multi(frame, where)
+        raise FormatError(f"{where} has unknown kind 0x{tag:02x} (made by a newer tinylmz?)")
+
+    def _parse_multi(self, frame: bytes, where: str) -> _Frame:
+        try:
+            full, pos = read_varint(frame, 1)
+            if not 1 <= full < len(frame):
+                raise ValueError
+            lens = []
+            for _ in range(full):
+                b, pos = read_varint(frame, pos)
+                lens.append(b)
+        except (ValueError, IndexError):
+            raise FormatError(f"{where} is damaged (stream table)") from None
+        if pos + sum(lens) > len(frame):
+            raise FormatError(f"{where} is damaged (stream table does not fit the frame)")
+        streams = []
+        for b in lens:
+            streams.append(_Stream(frame[pos : pos + b], self.segment_tokens))
+            pos += b
+        streams.append(_Stream(frame[pos:], None))
+        return _Frame(False, streams=streams)
+
+    def _parse_v1(self, frame: bytes, where: str) -> _Frame:
+        """Version 1: tag:u8 ctx_id:u16 check:u8, then the record (STORED) or
+        varint(n_tokens) len_1 .. len_{k-1} stream_1 .. stream_k (MODEL)."""
+        if len(frame) < V1_HEADER:
+            raise FormatError(f"{where} is truncated ({len(frame)} bytes; a version-1 frame has at least {V1_HEADER})")
+        (fid,) = struct.unpack_from("<H", frame, 1)
         if fid != self.id:
-            raise TinylmzError(
+            raise FormatError(
                 f"{where} was made with another context, model or engine (context id {fid:04x}; "
                 f"this codec's id is {self.id:04x} for {self.describe()}): pass the context, model "
                 "and engine the frame was made with"
             )
         check = frame[3]
-        if method == STORED:
-            return _Parsed(STORED, check, raw=frame[HEADER_BYTES:])
-        n, pos = read_varint(frame, HEADER_BYTES)
+        if frame[0] & 0x0F == V1_STORED:
+            return _Frame(True, record=frame[V1_HEADER:], check=check)
+        try:
+            n, pos = read_varint(frame, V1_HEADER)
+        except (ValueError, IndexError):
+            raise FormatError(f"{where} is damaged (token count)") from None
         seg = self.segment_tokens
         k = -(-n // seg)
-        if k > len(frame):  # every stream but an empty one needs >= 0 bytes; a table needs k-1 varints
+        if k > len(frame):  # a table needs k-1 varints of >= 1 byte
             raise FormatError(f"{where} is damaged (token count {n} does not fit the frame)")
         lens = []
-        for _ in range(k - 1):
-            b, pos = read_varint(frame, pos)
-            lens.append(b)
+        try:
+            for _ in range(k - 1):
+                b, pos = read_varint(frame, pos)
+                lens.append(b)
+        except (ValueError, IndexError):
+            raise FormatError(f"{where} is damaged (stream table)") from None
         if pos + sum(lens) > len(frame):
             raise FormatError(f"{where} is damaged (stream table does not fit the frame)")
         if k == 0 and pos != len(frame):
@@ -264,93 +425,124 @@ class RecordCodec:
         streams = []
         for i in range(k):
             b = lens[i] if i < k - 1 else len(frame) - pos
-            streams.append((min(seg, n - i * seg), frame[pos : pos + b]))
+            streams.append(_Stream(frame[pos : pos + b], min(seg, n - i * seg)))
             pos += b
-        return _Parsed(MODEL, check, n_tokens=n, streams=streams)
+        return _Frame(True, check=check, streams=streams)
 
     def decompress(self, frame: bytes) -> bytes:
-        """The record of one frame; raises TinylmzError (FormatError on damage)."""
+        """The record of one frame; raises ``FormatError`` if it is damaged or was made by another codec."""
         return self.decompress_many([frame])[0]
 
     def decompress_many(self, frames: list[bytes], *, progress=None) -> list[bytes]:
-        """Decode frames side by side: streams sorted by token count (longest first) are
-        advanced in lockstep in groups of ``engine.max_streams``; results in input order.
-
-        ``progress(n)`` is called with the number of tokens decoded at each step.
+        """Decode frames side by side (up to ``engine.max_streams`` streams per model call);
+        results in input order.  ``progress(n)`` is called with the tokens decoded at each step.
         """
-        parsed = [self._parse(f, f"record frame {i}" if len(frames) > 1 else "record frame")
-                  for i, f in enumerate(frames)]
-        jobs = [(cnt, data, fi, si) for fi, p in enumerate(parsed) if p.method == MODEL
-                for si, (cnt, data) in enumerate(p.streams)]
-        jobs.sort(key=lambda j: -j[0])  # stable: ties keep frame order
-        ids: dict[tuple[int, int], np.ndarray] = {}
-        errors: dict[int, str] = {}
+        frames = [_bytes(f, "frame") for f in frames]
+        wheres = [f"record frame {i}" if len(frames) > 1 else "record frame" for i in range(len(frames))]
+        parsed = [self._parse(f, w) for f, w in zip(frames, wheres)]
+        # Streams of known length first, longest first; then streams that end with an end
+        # flag, longest frames first: a group's stepper drops finished streams from its end.
+        streams = [s for p in parsed for s in p.streams]
+        streams.sort(key=lambda s: (s.count is None, -(s.count or 0), -len(s.data)))
         width = self.engine.max_streams
-        for g in range(0, len(jobs), width):
-            group = jobs[g : g + width]
-            outs, errs = self._decode_group([d for _, d, _, _ in group], [c for c, _, _, _ in group], progress)
-            for (_, _, fi, si), out, err in zip(group, outs, errs):
-                ids[fi, si] = out
-                if err and fi not in errors:
-                    errors[fi] = err
-        records = []
-        for fi, p in enumerate(parsed):
-            where = f"record frame {fi}" if len(frames) > 1 else "record frame"
-            if fi in errors:
-                raise FormatError(f"{where} is damaged ({errors[fi]})")
-            if p.method == STORED:
-                rec = p.raw
-            else:
-                parts = [ids[fi, si] for si in range(len(p.streams))]
-                try:
-                    rec = self.vocab.decode(np.concatenate(parts) if parts else [])
-                except ValueError as e:
-                    raise FormatError(f"{where} is damaged ({e})") from None
-            if _crc8(rec) != p.check:
-                raise FormatError(f"{where} decodes to the wrong bytes (check byte mismatch): it is damaged")
-            records.append(rec)
-        return records
+        for g in range(0, len(streams), width):
+            self._decode_group(streams[g : g + width], progress)
+        return [self._record(p, w) for p, w in zip(parsed, wheres)]
 
-    def _decode_group(self, datas, counts, progress) -> tuple[list[np.ndarray], list[str | None]]:
-        """Lockstep decoding as ``Session._decode_group`` (same calls, same order), but a damaged
-        stream is marked and kept in step (fed the start token) instead of failing the group,
-        and every stream must end exactly at its last byte."""
-        s = self.session
-        decs = [Decoder(d) for d in datas]
-        out = [np.zeros(c, dtype=np.int64) for c in counts]
-        errs: list[str | None] = [None] * len(datas)
-        if not counts or counts[0] == 0:
-            return out, errs
-        stepper = s.engine.stepper(s.prefix, len(datas))
-        for step in range(counts[0]):
-            active = sum(c > step for c in counts)
-            cum = freqs.cumulative(stepper.logits()[:active], s.width)
-            feed = []
-            for i in range(active):
-                t = s.vocab.start_id
-                if errs[i] is None:
-                    try:
-                        t = decs[i].decode(cum[i])
-                    except ValueError as e:
-                        errs[i] = str(e)
-                        t = s.vocab.start_id
-                out[i][step] = t
-                feed.append(t)
-            if progress:
-                progress(active)
-            nxt = sum(c > step + 1 for c in counts)
-            if nxt:
-                stepper.feed(s._input[feed[:nxt]].tolist())
-        for i, d in enumerate(decs):
-            if errs[i] is None and counts[i] and d._pos < len(datas[i]):
-                errs[i] = f"{len(datas[i]) - d._pos} bytes left over after the last token"
-        return out, errs
+    def _record(self, p: _Frame, where: str) -> bytes:
+        """A parsed and decoded frame's record, checked."""
+        for s in p.streams:
+            if s.error:
+                raise FormatError(f"{where} is damaged or was made with another context, model or engine "
+                                  f"({s.error})")
+        rec = p.record
+        if rec is None:
+            try:
+                rec = self.vocab.decode([t for s in p.streams for t in s.ids])
+            except ValueError as e:
+                raise FormatError(f"{where} is damaged ({e})") from None
+        if p.v1:
+            if zlib.crc32(rec) & 0xFF != p.check:
+                raise FormatError(f"{where} decodes to the wrong bytes (check byte mismatch): it is damaged")
+            return rec
+        want = p.check if p.check is not None else p.streams[-1].check if p.streams else None
+        if want is not None and self.check(rec) != want:
+            raise FormatError(f"{where} is damaged or was made with another context, model or engine "
+                              "(check mismatch)")
+        return rec
+
+    def _decode_group(self, group: list[_Stream], progress) -> None:
+        """Decode ``group`` in lockstep (one model call per step for all its live streams).
+
+        A stream that ends, or fails, while streams after it still run is fed the start
+        token (its logits are ignored) so that the rest stay in step; finished streams at
+        the end of the group are dropped.  Errors are recorded per stream, not raised.
+        """
+        s, seg, nl = self.session, self.segment_tokens, self._newline
+        decs = [Decoder(st.data) for st in group]
+        live = [True] * len(group)
+        for i, st in enumerate(group):
+            if st.count == 0:
+                live[i] = False
+            elif st.method:
+                try:
+                    v = decs[i].target(TOTAL)
+                    if v < METHOD_C0:
+                        raise ValueError("reserved method symbol")
+                    decs[i].consume(METHOD_C0, TOTAL - METHOD_C0)
+                except ValueError as e:
+                    st.error, live[i] = str(e), False
+        n = len(group)
+        while n and not live[n - 1]:
+            n -= 1
+        if not n:
+            return
+        stepper = self.engine.stepper(s.prefix, n)
+        while True:
+            rows = [i for i in range(n) if live[i]]
+            cum = freqs.cumulative(stepper.logits()[rows], s.width)
+            tokens = 0
+            for k, i in enumerate(rows):
+                st, d = group[i], decs[i]
+                try:
+                    if st.count is None:
+                        e = end_frequency(int(cum[k, nl + 1] - cum[k, nl]))
+                        if d.target(TOTAL) >= TOTAL - e:
+                            d.consume(TOTAL - e, e)
+                            st.check = d.target(1 << CHECK_BITS)
+                            d.consume(st.check, 1)
+                            if d.overrun > MAX_OVERRUN or not exact_end(d, st.data):
+                                raise ValueError("the stream does not end where its last symbol does")
+                            live[i] = False
+                            continue
+                        d.consume(0, TOTAL - e)
+                        if len(st.ids) == seg:
+                            raise ValueError(f"no end of record within {seg} tokens")
+                    st.ids.append(d.decode(cum[k]))
+                    tokens += 1
+                    if st.count is None and d.overrun > MAX_OVERRUN:
+                        raise ValueError(f"more than {MAX_OVERRUN} bytes read past the end")
+                    if len(st.ids) == st.count:
+                        if not exact_end(d, st.data):
+                            raise ValueError("the stream does not end where its last token does")
+                        live[i] = False
+                except ValueError as err:
+                    st.error, live[i] = str(err), False
+            if progress and tokens:
+                progress(tokens)
+            while n and not live[n - 1]:
+                n -= 1
+            if not n:
+                return
+            start = s.vocab.start_id
+            stepper.feed([int(s._input[group[i].ids[-1]]) if live[i] else start for i in range(n)])
 
 
 # ---- record logs ---------------------------------------------------------------------------
 
 LOG_MAGIC = b"TLMR"
-LOG_VERSION = 1
+LOG_VERSION = 2  # version 2 logs hold version-2 frames; version 1 logs (version-1 frames) still read
+LOG_VERSIONS = (1, 2)
 INDEX_STEP = 64
 BATCH = 64
 _TRAILER = struct.Struct("<QQBII4s")  # n_records, index_offset, flags, data_crc, tcrc, magic
@@ -370,6 +562,7 @@ class LogInfo:
     flags: int = 0
     data_crc: int = 0
     header_size: int = 0
+    version: int = LOG_VERSION
 
 
 def _header_bytes(codec: RecordCodec, index_step: int) -> bytes:
@@ -399,8 +592,9 @@ def _read_header(f) -> LogInfo:
         raise FormatError("not a tinylmz record log (bad magic)")
     if len(head) < 7:
         raise FormatError("record log is truncated (in the header)")
-    if head[4] != LOG_VERSION:
-        raise FormatError(f"record log version {head[4]} is not supported (this tinylmz reads {LOG_VERSION})")
+    if head[4] not in LOG_VERSIONS:
+        raise FormatError(f"record log version {head[4]} is not supported (this tinylmz reads versions "
+                          f"{', '.join(map(str, LOG_VERSIONS))}: upgrade tinylmz)")
     (hlen,) = struct.unpack_from("<H", head, 5)
     body = _read_exact(f, hlen, "header")
     (hcrc,) = struct.unpack("<I", _read_exact(f, 4, "header"))
@@ -423,7 +617,7 @@ def _read_header(f) -> LogInfo:
     if step < 1 or seg < 1:
         raise FormatError("record log header is damaged (zero index step or segment)")
     return LogInfo({"name": name, "sha256": msha}, {"name": eng, "params": params},
-                   {"sha256": csha, "size": csize}, seg, cid, step, header_size=7 + hlen + 4)
+                   {"sha256": csha, "size": csize}, seg, cid, step, header_size=7 + hlen + 4, version=head[4])
 
 
 def _read_trailer(f, base: int, info: LogInfo) -> list[int]:
@@ -487,14 +681,14 @@ def _check_log(info: LogInfo, codec: RecordCodec, force: bool = False) -> None:
         raise ModelError(f"record log was made with model {info.model['name']} (sha256 {info.model['sha256']}); "
                          f"{codec.model.path} is a different model")
     if info.context["sha256"] != codec.context_sha256:
-        raise TinylmzError(f"record log was made with a context of {info.context['size']} bytes "
+        raise ContextMismatch(f"record log was made with a context of {info.context['size']} bytes "
                            f"(sha256 {info.context['sha256'][:16]}…); this one has {len(codec.context)} bytes "
                            f"(sha256 {codec.context_sha256[:16]}…): pass the same --context")
     if info.engine["name"] != codec.engine.name:
         raise EngineMismatch(f"record log was made with the {info.engine['name']} engine, not {codec.engine.name}")
     codec.engine.check_params(info.engine["params"] or {}, force=force)
     if info.segment_tokens != codec.segment_tokens:
-        raise TinylmzError(f"record log uses segments of {info.segment_tokens} tokens, this codec {codec.segment_tokens}")
+        raise ContextMismatch(f"record log uses segments of {info.segment_tokens} tokens, this codec {codec.segment_tokens}")
     if info.ctx_id != codec.id:
         raise EngineMismatch(f"record log context id {info.ctx_id:04x} does not match this codec's {codec.id:04x} "
                              f"({codec.describe()})")
@@ -528,7 +722,7 @@ def write_log(lines: Iterable[bytes], out, codec: RecordCodec, *, index_step: in
     out.write(head)
     pos = len(head)
     index, n, crc, raw_total, frame_total = [], 0, 0, 0, 0
-    methods = {"model": 0, "stored": 0}
+    methods = {"model": 0, "deflate": 0, "stored": 0, "empty": 0}
     ended = True
     for rec, nl in _lines(lines):
         if n % index_step == 0:
@@ -538,7 +732,7 @@ def write_log(lines: Iterable[bytes], out, codec: RecordCodec, *, index_step: in
         out.write(entry)
         pos += len(entry)
         frame_total += len(frame)
-        methods[METHODS[frame[0] & 0x0F]] += 1
+        methods[frame_method(frame)] += 1
         line = rec + b"\n" if nl else rec
         crc = zlib.crc32(line, crc)
         raw_total += len(line)
