@@ -1,0 +1,179 @@
+"""The adaptive models (``tinylmz.adaptive``): bit-exact, bounded, and a real range-coder round trip."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from tinylmz import adaptive, freqs
+from tinylmz.adaptive import AdaptiveBatch, AdaptiveState, Config
+
+V = 300  # logit width of the synthetic "model"
+WIDTH = V + 4  # plus byte symbols the vocabulary lacks (no logits)
+
+
+def synthetic_logits(step: int, history) -> np.ndarray:
+    """A deterministic stand-in for the engine: logits that depend on the position and the last token."""
+    last = history[-1] if history else 0
+    rng = np.random.default_rng([step % 7, last])
+    x = rng.normal(0, 3, V).astype(np.float32)
+    x[(last * 7 + 3) % V] += 6  # a favourite, so that some rows are confident
+    return x
+
+
+def token_sequence(n: int, seed: int = 1) -> list[int]:
+    """Repetitive ids: phrases that recur (what the n-gram and match models are for), with noise."""
+    rng = np.random.default_rng(seed)
+    phrases = [rng.integers(0, V, rng.integers(3, 12)).tolist() for _ in range(12)]
+    out: list[int] = []
+    while len(out) < n:
+        out += phrases[int(rng.integers(0, len(phrases)))] if rng.random() < 0.8 else [int(rng.integers(0, WIDTH))]
+    return out[:n]
+
+
+def run(state: AdaptiveState, ids, start: int = 0) -> bytes:
+    """Drive a state over ids with synthetic rows; returns every biased row and table it produced."""
+    h = hashlib.sha256()
+    hist: list[int] = []
+    for j, y in enumerate(ids):
+        L = state.adjust(freqs.fixed_logits(synthetic_logits(start + j, hist)))
+        cum = freqs.cumulative(adaptive.as_logits(L), WIDTH)[0]
+        h.update(L.tobytes())
+        state.update(y, cum)
+        hist.append(y)
+    return h.digest()
+
+
+def test_pinned_digest():
+    """The definition in the docstring and FORMAT.md, pinned: any change to it changes these."""
+    ids = token_sequence(1500)
+    st = AdaptiveState()
+    rows = run(st, ids)
+    assert hashlib.sha256(rows).hexdigest()[:16] == "ce3d7d394d03acc8"
+    assert adaptive.digest(st)[:16] == "03216e6af94634e5"
+
+
+def test_it_adapts():
+    """On a repetitive sequence the biases must save bits: proposals hit, and the biased rows code shorter."""
+    ids = token_sequence(3000)
+    hist: list[int] = []
+    st = AdaptiveState()
+    plain = biased = 0.0
+    for j, y in enumerate(ids):
+        L0 = freqs.fixed_logits(synthetic_logits(j, hist))
+        L = st.adjust(L0)
+        cum = freqs.cumulative(adaptive.as_logits(L), WIDTH)[0]
+        c0 = freqs.cumulative(adaptive.as_logits(L0), WIDTH)[0]
+        biased -= np.log2((cum[y + 1] - cum[y]) / freqs.TOTAL)
+        plain -= np.log2((c0[y + 1] - c0[y]) / freqs.TOTAL)
+        st.update(y, cum)
+        hist.append(y)
+    assert biased < 0.7 * plain
+
+
+def test_batched_equals_one_by_one():
+    seqs = [token_sequence(n, seed) for n, seed in ((400, 2), (250, 3), (90, 4))]
+    alone = []
+    for s in seqs:
+        st = AdaptiveState()
+        run(st, s)
+        alone.append(adaptive.digest(st))
+    batch = AdaptiveBatch.fresh(3)
+    hist = [[] for _ in seqs]
+    for step in range(len(seqs[0])):
+        k = sum(len(s) > step for s in seqs)
+        batch.take(k)
+        rows = np.stack([synthetic_logits(step, hist[i]) for i in range(k)])
+        L = batch.adjust(freqs.fixed_logits(rows))
+        cum = freqs.cumulative(adaptive.as_logits(L), WIDTH)
+        ys = [seqs[i][step] for i in range(k)]
+        batch.update(ys, cum)
+        for i in range(k):
+            hist[i].append(ys[i])
+        if step + 1 in (len(seqs[1]), len(seqs[2])):  # a stream that ends now keeps its final state
+            i = 1 if step + 1 == len(seqs[1]) else 2
+            assert adaptive.digest(batch.states[i]) == alone[i]
+    assert adaptive.digest(batch.states[0]) == alone[0]
+
+
+def test_prime_copy_equals_replaying_the_prefix():
+    prefix, seq = token_sequence(700, 5), token_sequence(300, 6)
+    primed = AdaptiveState()
+    primed.prime(prefix)
+    before = adaptive.digest(primed)
+    a = primed.copy()
+    b = AdaptiveState()
+    for t in prefix:
+        b.observe(t)
+    assert adaptive.digest(a) == adaptive.digest(b) == before
+    assert run(a, seq) == run(b, seq)
+    assert adaptive.digest(a) == adaptive.digest(b)
+    assert adaptive.digest(primed) == before  # copies share nothing with the primed state
+    c = AdaptiveBatch.fresh(2, primed=primed).states[1]
+    assert run(c, seq) == run(primed.copy(), seq)
+
+
+def test_memory_is_bounded():
+    cfg = Config(ngram_bits=10, match_bits=10, hist_bits=9)
+    st = AdaptiveState(cfg)
+    size = st.nbytes()
+    assert size == 4 * (3 * 4 * 2**10 + 2**10 + 2**9) + 16 * cfg.n_classes
+    run(st, token_sequence(5000, 7))  # far more tokens than any table has slots
+    assert st.nbytes() == size
+    assert st.n == 5000 and st.len < 65536
+
+
+def test_reset_at_stream_start():
+    fresh = adaptive.digest(AdaptiveState())
+    st = AdaptiveState()
+    run(st, token_sequence(500, 8))
+    assert adaptive.digest(st) != fresh
+    st.reset()
+    assert adaptive.digest(st) == fresh
+    assert adaptive.digest(AdaptiveBatch.fresh(1).states[0]) == fresh
+
+
+@pytest.mark.parametrize("bias", [adaptive.BMAX, -adaptive.BMAX])
+def test_frequencies_stay_valid_under_extreme_biases(bias):
+    st = AdaptiveState()
+    st.prime(token_sequence(600, 9))
+    for c in range(len(st.B)):
+        st.B[c] = bias
+    rows = np.stack([synthetic_logits(j, [j]) for j in range(8)])
+    rows[0, :] = 1e9  # clipped to 2^24 by fixed_logits: biases must not push past the clip
+    batch = AdaptiveBatch([st.copy() for _ in range(8)])
+    L = batch.adjust(freqs.fixed_logits(rows))
+    assert np.abs(L).max() <= 1 << 24
+    assert (L != freqs.fixed_logits(rows)).any()  # the biases were applied
+    assert np.array_equal(freqs.fixed_logits(adaptive.as_logits(L)), L)  # exact through float32
+    f = freqs.frequencies(adaptive.as_logits(L), WIDTH)
+    assert (f >= 1).all() and (f.sum(axis=1) == freqs.TOTAL).all()
+
+
+def test_range_coder_round_trip():
+    """Encode streams with the biases, decode them side by side (batched), get the ids back."""
+    seqs = [token_sequence(n, seed) for n, seed in ((600, 10), (600, 11), (257, 12))]
+    datas = []
+    for s in seqs:
+        hist: list[int] = []
+
+        def rows(s=s, hist=hist):
+            for j, y in enumerate(s):
+                yield synthetic_logits(j, hist)
+                hist.append(y)
+
+        datas.append(adaptive.encode_rows(rows(), s, AdaptiveState(), WIDTH))
+    plain = sum(len(d) for d in datas)
+    got = adaptive.decode_streams(datas, [len(s) for s in seqs],
+                                  lambda step, hs: np.stack([synthetic_logits(step, h) for h in hs]),
+                                  AdaptiveBatch.fresh(3), WIDTH)
+    assert got == seqs
+    assert plain > 0
+
+
+def test_hash_is_the_stated_integer_function():
+    assert adaptive._mix(0, 0) == (0x9E3779B1 ^ (0x9E3779B1 >> 15))
+    x = ((12345 ^ 7) * 0x9E3779B1) & 0xFFFFFFFF
+    assert adaptive._mix(12345, 6) == x ^ (x >> 15)
