@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Write the golden .tlmz files in tests/golden/ (portable engine).
+"""Write the golden .tlmz files of the current format version in tests/golden/ (portable engine).
 
     python scripts/make_golden.py [--real]
 
 Run only for a deliberate format or engine change: the tests compare new
 output against these bytes, so regenerating them *is* the format change and
 the commit must say so.  ``--real`` also writes the default model's goldens.
+Version 1 goldens (``NAME.TAG.tlmz``) are frozen: old files must keep decoding,
+and the version 1 writer must keep writing them; this script never touches them.
 """
 
 import argparse
@@ -21,8 +23,10 @@ import tinylmz  # noqa: E402
 from tinymodel import write_tiny_gguf  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
-# name -> (block_size, segment_tokens) for the tiny model; the real model uses its defaults
-CASES = {"prose.txt": (256, 48), "code.py": (4096, 64), "broken.bin": (4096, 1024)}
+# name -> (block_size, segment_tokens, window) for the tiny model; the real model uses its defaults
+CASES = {"prose.txt": (256, 48, None), "code.py": (4096, 64, None), "broken.bin": (4096, 1024, None),
+         "long.txt": (4096, 1024, 512)}
+VERSION = tinylmz.container.VERSION
 
 
 def main() -> None:
@@ -31,17 +35,17 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tiny = write_tiny_gguf(Path(tmp) / "tiny.gguf")
-        for name, (bs, seg) in CASES.items():
+        for name, (bs, seg, win) in CASES.items():
             data = (GOLDEN / name).read_bytes()
-            blob = tinylmz.compress(data, model=str(tiny), block_size=bs, segment_tokens=seg)
-            (GOLDEN / f"{name}.tiny.tlmz").write_bytes(blob)
-            print(f"{name}.tiny.tlmz", len(data), "->", len(blob))
+            blob = tinylmz.compress(data, model=str(tiny), block_size=bs, segment_tokens=seg, window=win)
+            (GOLDEN / f"{name}.tiny.v{VERSION}.tlmz").write_bytes(blob)
+            print(f"{name}.tiny.v{VERSION}.tlmz", len(data), "->", len(blob))
     if args.real:
         for name in CASES:
             data = (GOLDEN / name).read_bytes()
             blob = tinylmz.compress(data)
-            (GOLDEN / f"{name}.smollm2.tlmz").write_bytes(blob)
-            print(f"{name}.smollm2.tlmz", len(data), "->", len(blob))
+            (GOLDEN / f"{name}.smollm2.v{VERSION}.tlmz").write_bytes(blob)
+            print(f"{name}.smollm2.v{VERSION}.tlmz", len(data), "->", len(blob))
 
 
 if __name__ == "__main__":

@@ -19,45 +19,79 @@ from . import codec, container
 from .codec import DEFAULT_BLOCK_SIZE, DEFAULT_ENGINE, DEFAULT_SEGMENT_TOKENS, Session, Stats
 from .container import Header
 from .errors import FormatError, TinylmzError
+from .threads import set_threads
 
 Progress = Callable[[int], None]  # called with a number of input bytes done
 
 
 @functools.lru_cache(maxsize=2)
-def _session(model_sha: str, model_path: str, model_name: str, engine: str, segment_tokens: int,
-             context: bytes | None, params_key: str | None):
+def _engine(model_sha: str, model_path: str, model_name: str, engine: str, segment_tokens: int,
+            params_key: str | None):
     import json
 
     from .registry import ResolvedModel
 
     model = ResolvedModel(path=model_path, name=model_name, sha256=model_sha, size=os.path.getsize(model_path))
     params = json.loads(params_key) if params_key else None
-    eng = codec.make_engine(engine, model, segment_tokens=segment_tokens, params=params)
-    return Session(model, eng, segment_tokens=segment_tokens, context=context)
+    return model, codec.make_engine(engine, model, segment_tokens=segment_tokens, params=params)
 
 
-def get_session(model, engine: str, segment_tokens: int, context: bytes | None, params: dict | None = None) -> Session:
+@functools.lru_cache(maxsize=8)
+def _session(model_sha: str, model_path: str, model_name: str, engine: str, segment_tokens: int,
+             context: bytes | None, params_key: str | None, window: int | None):
+    # the portable engine does not depend on the segment length: one engine (and one copy of
+    # the weights) serves every segment length and window
+    seg_key, key = (segment_tokens, params_key) if engine != "portable" else (0, None)  # checked by the caller
+    model, eng = _engine(model_sha, model_path, model_name, engine, seg_key, key)
+    return Session(model, eng, segment_tokens=segment_tokens, context=context, window=window)
+
+
+def get_session(model, engine: str, segment_tokens: int, context: bytes | None, params: dict | None = None,
+                window: int | None = None) -> Session:
     """A cached Session (loading an engine takes seconds; reuse it across calls)."""
     import json
 
     key = json.dumps(params, sort_keys=True) if params is not None else None
-    return _session(model.sha256, str(model.path), model.name, engine, segment_tokens, context or None, key)
+    return _session(model.sha256, str(model.path), model.name, engine, segment_tokens, context or None, key, window)
 
 
 class Compressor:
-    """Writes a .tlmz stream to ``fileobj``: ``write()`` bytes, then ``close()``."""
+    """Writes a .tlmz stream to ``fileobj``: ``write()`` bytes, then ``close()``.
+
+    ``format_version`` 2 (the default) gives each token a sliding window of ``window``
+    tokens of its stream (streams of ``segment_tokens``) and compact framing; 1 writes the
+    first format (streams of ``segment_tokens`` tokens, each token seeing its whole stream).
+    """
 
     def __init__(self, fileobj, *, model=None, engine: str | None = None, context: bytes | None = None,
-                 block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int = DEFAULT_SEGMENT_TOKENS,
+                 block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int | None = None,
+                 window: int | None = None, format_version: int = container.VERSION,
                  progress: Progress | None = None, measure: bool = False) -> None:
         from . import registry
 
+        if format_version not in container.SUPPORTED:
+            raise TinylmzError(f"format version must be one of {', '.join(map(str, container.SUPPORTED))}")
         if not 0 < block_size <= container.MAX_BLOCK:
             raise TinylmzError(f"block size must be between 1 and {container.MAX_BLOCK}")
+        engine = engine or DEFAULT_ENGINE
+        if format_version == 1 or engine != "portable":  # windows are the portable engine's
+            if window is not None and format_version == 1:
+                raise TinylmzError("a window needs format version 2")
+            window = None
+            segment_tokens = segment_tokens or DEFAULT_SEGMENT_TOKENS
+        else:
+            segment_tokens = segment_tokens or codec.V2_SEGMENT_TOKENS
+            window = window or codec.V2_WINDOW
+            if window < 2 * codec.WINDOW_STEP or window % codec.WINDOW_STEP:
+                raise TinylmzError(f"window must be a multiple of {codec.WINDOW_STEP} tokens, at least "
+                                   f"{2 * codec.WINDOW_STEP}")
+            if window >= segment_tokens:
+                window = None  # every token sees its whole stream anyway
         if segment_tokens < 1:
             raise TinylmzError("segment length must be at least 1 token")
         resolved = registry.resolve(model if model is None else str(model))
-        self.session = get_session(resolved, engine or DEFAULT_ENGINE, segment_tokens, context)
+        self.session = get_session(resolved, engine, segment_tokens, context, window=window)
+        self.version = format_version
         self.header = Header(
             model={"name": resolved.name, "sha256": resolved.sha256},
             engine={"name": self.session.engine.name, "params": self.session.engine.params()},
@@ -65,11 +99,14 @@ class Compressor:
             segment_tokens=segment_tokens,
             start_id=self.session.vocab.start_id,
             context=codec.context_identity(context),
+            version=format_version,
+            window=window,
         )
         self._f = fileobj
         self._buf = bytearray()
         self._total = 0
         self._crc = 0
+        self._blocks = 0
         self._progress = progress
         self._measure = measure
         self.stats = Stats()
@@ -87,7 +124,8 @@ class Compressor:
 
     def _emit(self, raw: bytes) -> None:
         method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress)
-        self.size += container.write_block(self._f, method, raw, payload)
+        self.size += container.write_block(self._f, method, raw, payload, self.version)
+        self._blocks += 1
         self._total += len(raw)
         self._crc = zlib.crc32(raw, self._crc)
 
@@ -97,7 +135,7 @@ class Compressor:
         if self._buf:
             self._emit(bytes(self._buf))
             self._buf.clear()
-        self.size += container.write_trailer(self._f, self._total, self._crc)
+        self.size += container.write_trailer(self._f, self._total, self._crc, self.version, self._blocks)
         self._closed = True
 
     def __enter__(self):
@@ -120,7 +158,7 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
 
     def session() -> Session:
         model_file = codec.resolve_for_header(h, model)
-        s = get_session(model_file, h.engine["name"], h.segment_tokens, context, h.engine.get("params"))
+        s = get_session(model_file, h.engine["name"], h.segment_tokens, context, h.engine.get("params"), h.window)
         s.engine.check_params(h.engine.get("params") or {}, force=force)
         if s.vocab.start_id != h.start_id:
             raise FormatError("header start token does not match the model")
@@ -187,17 +225,26 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
 
 
 def compress(data: bytes, *, model=None, engine: str | None = None, context: bytes | None = None,
-             block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int = DEFAULT_SEGMENT_TOKENS) -> bytes:
-    """Compress ``data`` into .tlmz bytes (default model, portable engine)."""
+             block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int | None = None, window: int | None = None,
+             format_version: int = container.VERSION, threads: int | None = None) -> bytes:
+    """Compress ``data`` into .tlmz bytes (default model, portable engine, format version 2).
+
+    ``threads``: kernel threads (default: chosen by measuring; the output never depends on it).
+    """
+    if threads is not None:
+        set_threads(threads)
     out = io.BytesIO()
     with Compressor(out, model=model, engine=engine, context=context, block_size=block_size,
-                    segment_tokens=segment_tokens) as c:
+                    segment_tokens=segment_tokens, window=window, format_version=format_version) as c:
         c.write(data)
     return out.getvalue()
 
 
-def decompress(data: bytes, *, model=None, context: bytes | None = None, force: bool = False) -> bytes:
+def decompress(data: bytes, *, model=None, context: bytes | None = None, force: bool = False,
+               threads: int | None = None) -> bytes:
     """Decompress .tlmz bytes; raises FormatError / ModelError / EngineMismatch."""
+    if threads is not None:
+        set_threads(threads)
     return b"".join(iter_decompress(io.BytesIO(data), model=model, context=context, force=force))
 
 

@@ -21,12 +21,15 @@ import numpy as np
 
 from . import container, freqs
 from .container import LZMA, MODEL, STORED, Header, read_varint, varint
+from .engine_portable import WINDOW_STEP  # noqa: F401 - the window's unit, for callers
 from .errors import FormatError, ModelError, TinylmzError
 from .rangecoder import Decoder, Encoder
 
 DEFAULT_ENGINE = "portable"
 DEFAULT_BLOCK_SIZE = 64 * 1024
-DEFAULT_SEGMENT_TOKENS = 2048
+DEFAULT_SEGMENT_TOKENS = 2048  # format version 1
+V2_SEGMENT_TOKENS = 8192  # format version 2: tokens per stream ...
+V2_WINDOW = 2048  # ... each seeing at most this many tokens of its stream (see README: measured)
 # Encoder-only shortcut: blocks whose tokenization is mostly single bytes are
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
@@ -62,7 +65,8 @@ def make_engine(name: str, model, *, segment_tokens: int, params: dict | None = 
 class Session:
     """One model, one engine, one prefix: codes and decodes blocks."""
 
-    def __init__(self, model, engine, *, segment_tokens: int, context: bytes | None = None) -> None:
+    def __init__(self, model, engine, *, segment_tokens: int, context: bytes | None = None,
+                 window: int | None = None) -> None:
         from .tokens import Tokenizer, Vocab
 
         self.model = model
@@ -77,6 +81,9 @@ class Session:
         self._tokenizer = None
         self._Tokenizer = Tokenizer
         self.segment_tokens = segment_tokens
+        self.window = window  # format version 2: own tokens each token sees (None: the whole stream)
+        # keyword only when set: engines without windows (llama) keep their signature
+        self._win = {} if window is None else {"window": window}
         self.context = context or b""
         self._prefix = None
 
@@ -158,7 +165,7 @@ class Session:
 
     def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress) -> tuple[bytes, float]:
         enc, done, bits = Encoder(), 0, 0.0
-        for chunk in self.engine.score(prefix, self._input[seg]):
+        for chunk in self.engine.score(prefix, self._input[seg], **self._win):
             # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
             for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
                 part = seg[done : done + len(rows)]
@@ -190,7 +197,7 @@ class Session:
         for g in range(0, len(segs), self.engine.max_streams):
             group = segs[g : g + self.engine.max_streams]
             encs = [Encoder() for _ in group]
-            stepper = self.engine.stepper(self.prefix, len(group))
+            stepper = self.engine.stepper(self.prefix, len(group), **self._win)
             for step in range(len(group[0])):
                 active = sum(len(s) > step for s in group)
                 logits = stepper.logits()[:active]
@@ -267,7 +274,7 @@ class Session:
         out = [np.zeros(c, dtype=np.int64) for c in counts]
         if not counts or counts[0] == 0:
             return out
-        stepper = self.engine.stepper(self.prefix, len(datas))
+        stepper = self.engine.stepper(self.prefix, len(datas), **self._win)
         for step in range(counts[0]):
             active = sum(c > step for c in counts)
             cum = freqs.cumulative(stepper.logits()[:active], self.width)
@@ -348,19 +355,21 @@ def split_point(buf: bytes | bytearray, limit: int) -> int:
 
 
 def resolve_for_header(header: Header, model_spec: str | Path | None):
-    """Find the model file a header names (by sha256), or the one the user gave, and check it."""
+    """Find the model file a header names (by sha256, or by its first 8 bytes in version 2), or the
+    one the user gave, and check it."""
     from . import registry
 
-    need = header.model.get("sha256")
-    name = header.model.get("name") or "?"
+    need, mid = header.model.get("sha256"), header.model["id"]
+    entry = registry.find(need) if need else registry.find_id(mid)
+    name = header.model.get("name") or (entry.name if entry else None) or "?"
+    what = f"model {name} (sha256 {need})" if need else f"model {name} (id {mid})"
     if model_spec is not None:
         model = registry.resolve(str(model_spec))
-        if model.sha256 != need:
-            raise ModelError(f"file was made with model {name} (sha256 {need}); {model.path} is a different model")
+        if (need and model.sha256 != need) or not model.sha256.startswith(mid):
+            raise ModelError(f"file was made with {what}; {model.path} is a different model")
         return model
-    entry = registry.find(need)
     if entry is None:
-        raise ModelError(f"file was made with model {name} (sha256 {need}), which is not in the registry: pass it with --model PATH")
+        raise ModelError(f"file was made with {what}, which is not in the registry: pass it with --model PATH")
     return registry.resolve(entry.name)
 
 
@@ -377,7 +386,8 @@ def check_context(header: Header, context: bytes | None) -> None:
     have = context_identity(context)
     if need is None and have is not None:
         raise TinylmzError("file was made without a context; do not pass --context")
-    if need is not None and (have is None or have["sha256"] != need.get("sha256")):
+    # version 2 stores the first 8 bytes of the context's sha256
+    if need is not None and (have is None or not have["sha256"].startswith(str(need.get("sha256")))):
         raise TinylmzError(
             f"file was made with a context of {need.get('size')} bytes (sha256 {str(need.get('sha256'))[:16]}…): pass the same --context"
         )

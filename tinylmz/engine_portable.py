@@ -39,6 +39,14 @@ VERSION = 1
 HEAD_ROWS = 32  # rows per slice of the output layer (memory only)
 SHARE_MIN = 64  # prefixes of at least this many tokens are shared by streams, not copied
 CHUNK = 256  # positions per call in ``score`` (memory bound only; results do not depend on it)
+WINDOW_STEP = 256  # a window moves in steps of this many positions (format version 2)
+
+
+def window_start(q: int, window: int) -> int:
+    """First own index visible to own token q: the window moves in steps of WINDOW_STEP, so
+    every token sees between ``window - WINDOW_STEP + 1`` and ``window`` of its stream's tokens
+    (all of them near the start), and the encoder's chunks of WINDOW_STEP share one start."""
+    return max(0, (q // WINDOW_STEP + 1) * WINDOW_STEP - window)
 _EXP = tables.att_exp()
 _SIG = tables.sigmoid()
 
@@ -146,6 +154,11 @@ class Cache:
     0..base-1 that every stream here continues (a record codec's context).  Its
     own arrays then hold positions base, base+1, ...; nothing is copied per
     stream, and attention reads the shared keys once for all streams.
+
+    With a ``window`` (format version 2) a stream's token at own index q (q = 0 is
+    the first token after the prefix) sees the whole prefix and its own tokens from
+    ``window_start(q)`` on; positions no token can see again are dropped from the
+    front of the arrays (``drop`` counts them), so memory stays bounded.
     """
 
     def __init__(self, cfg, n: int, cap: int, shared: "Cache | None" = None) -> None:
@@ -156,8 +169,11 @@ class Cache:
         self.v = np.zeros((L, n, H, cap, D), dtype=np.int8)
         self.sk = np.ones((L, n, H, cap))
         self.sv = np.ones((L, n, H, cap))
-        self.svc = np.ones((L, n, H, cap))  # running maximum of sv along the positions (attention needs it)
+        self.svc = np.ones((L, n, H, cap))  # running maximum of sv from the window's start (attention needs it)
         self.len = self.base  # positions covered, shared ones included
+        self.drop = 0  # own positions dropped from the front of the arrays
+        self.window = None  # None: every position visible (format version 1)
+        self.lo = 0  # array index of the first own key visible to the current call
 
     def sv_max(self, li: int) -> np.ndarray:
         """Largest value scale of each head of stream 0 in layer ``li`` (for a shared prefix)."""
@@ -166,7 +182,7 @@ class Cache:
     def grow(self, end: int) -> None:
         """Make room for positions up to ``end``."""
         have = self.k.shape[3]
-        cap = end - self.base
+        cap = end - self.base - self.drop
         if cap <= have:
             return
         pad = lambda a, fill: np.concatenate(  # noqa: E731
@@ -179,8 +195,29 @@ class Cache:
         """The first ``n`` streams (views, no copy)."""
         c = object.__new__(Cache)
         c.k, c.v, c.sk, c.sv, c.svc = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.svc[:, :n]
-        c.shared, c.base, c.len = self.shared, self.base, self.len
+        c.shared, c.base, c.len, c.drop, c.window, c.lo = self.shared, self.base, self.len, self.drop, self.window, self.lo
         return c
+
+    def slide(self, q0: int, t: int) -> None:
+        """Before own tokens q0..q0+t-1 (one window start for all of them) are run: set ``lo``,
+        drop what no later token sees, and restart the running value-scale maximum at the window."""
+        if self.window is None:
+            self.lo = 0
+            return
+        start = window_start(q0, self.window)
+        assert window_start(q0 + t - 1, self.window) == start, "a call may not straddle a window step"
+        have = q0 - self.drop  # own positions held
+        if start - self.drop >= WINDOW_STEP and have > 0:  # drop in steps: one copy per step of positions
+            d = start - self.drop
+            for a in (self.k, self.v, self.sk, self.sv, self.svc):
+                a[:, :, :, : have - d] = a[:, :, :, d:have].copy()
+            self.drop = start
+            have -= d
+        lo = start - self.drop
+        if lo != self.lo or q0 % WINDOW_STEP == 0:
+            if have > lo:  # the visible cached positions' running maximum, from the window's start
+                self.svc[:, :, :, lo:have] = np.maximum.accumulate(self.sv[:, :, :, lo:have], axis=-1)
+        self.lo = lo
 
     def repeat(self, n: int, cap: int) -> "Cache":
         """A new cache of ``n`` streams, each a copy of stream 0 of this one, with room for ``cap``."""
@@ -192,18 +229,20 @@ class Cache:
         c.sk, c.sv, c.svc = np.ones(shape(self.sk)), np.ones(shape(self.sv)), np.ones(shape(self.svc))
         for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv), (c.svc, self.svc)):
             a[:, :, :, :t] = b[:, :1, :, :t]
-        c.shared, c.base, c.len = None, 0, t
+        c.shared, c.base, c.len, c.drop, c.window, c.lo = None, 0, t, 0, None, 0
         return c
 
-    def branch(self, cfg, n: int, cap: int) -> "Cache":
+    def branch(self, cfg, n: int, cap: int, window: int | None = None) -> "Cache":
         """``n`` streams continuing this one (stream 0), with room for ``cap`` more positions.
 
         Short prefixes are copied into each stream; long ones are shared.  Either way the
         results are the same integers (tests compare them); sharing only saves time and memory.
         """
-        if self.len < SHARE_MIN:
+        if self.len < SHARE_MIN and window is None:
             return self.repeat(n, self.len + cap)
-        return Cache(cfg, n, cap, shared=self)
+        c = Cache(cfg, n, cap, shared=self)  # with a window the prefix is always shared: it never slides
+        c.window = window
+        return c
 
 
 @dataclass
@@ -266,7 +305,13 @@ class PortableEngine:
         cfg, w = self.cfg, self.w
         n, t = ids.shape
         p0 = cache.len
-        o0 = p0 - cache.base  # where position p0 goes in the cache's own arrays
+        if cache.window is not None and t > 1:  # one window start per call: split at the window's steps
+            q0 = p0 - cache.base
+            cut = (q0 // WINDOW_STEP + 1) * WINDOW_STEP - q0
+            if cut < t:
+                return np.concatenate([self._forward(ids[:, :cut], cache), self._forward(ids[:, cut:], cache)], axis=1)
+        cache.slide(p0 - cache.base, t)
+        o0 = p0 - cache.base - cache.drop  # where position p0 goes in the cache's own arrays
         cache.grow(p0 + t)
         self.rope.ensure(p0 + t)
         cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
@@ -285,7 +330,7 @@ class PortableEngine:
             cache.sk[li, :, :, o0 : o0 + t] = sk[..., 0].transpose(0, 2, 1)
             cache.sv[li, :, :, o0 : o0 + t] = sv[..., 0].transpose(0, 2, 1)
             run = np.maximum.accumulate(sv[..., 0].transpose(0, 2, 1), axis=-1)  # exact: a maximum
-            if o0:
+            if o0 > cache.lo:  # continue the running maximum of the visible cached positions
                 run = np.maximum(run, cache.svc[li, :, :, o0 - 1 : o0])
             cache.svc[li, :, :, o0 : o0 + t] = run
             att = self._attend(q, cache, li, p0 + t)
@@ -319,33 +364,38 @@ class PortableEngine:
         qq = qq.reshape(n, t, KV, G, D).transpose(0, 2, 1, 3, 4).reshape(n, KV, R, D)
         sq = sq.reshape(n, t, KV, G).transpose(0, 2, 1, 3).reshape(n, KV, R, 1)
         pos = np.repeat(np.arange(end - t, end), G)  # position of each query row
-        P, own = cache.base, end - cache.base
-        sh = cache.shared
+        P, sh = cache.base, cache.shared
         # max of the value scales over the visible keys (queries sit past any shared prefix)
-        svmax = cache.svc[li][:, :, pos - P]  # (n, KV, R)
+        svmax = cache.svc[li][:, :, pos - P - cache.drop]  # (n, KV, R)
         if sh is not None:
             svmax = np.maximum(svmax, sh.sv_max(li)[None, :, None])
+        # The own keys visible to this call start at array index cache.lo: from here on, key
+        # index j < P is the shared prefix and j >= P the visible own keys, in position order.
+        lo, shift = cache.lo, cache.drop + cache.lo
+        kv = (cache.k[li][:, :, lo:], cache.v[li][:, :, lo:], cache.sk[li][:, :, lo:], cache.sv[li][:, :, lo:])
+        pos, end = pos - shift, end - shift
+        own = end - P
         if not self.native:
-            return self._attend_numpy(qq, sq, pos, cache, li, end, svmax, n, t, G, D)
+            return self._attend_numpy(qq, sq, pos, kv, sh, P, li, end, svmax, n, t, G, D)
         # the same arithmetic in C, without the temporaries
+        ck, cv, csk, csv = kv
         q8 = qq.astype(np.int8)
         if n == 1 and kernel.fused_attention(D, R):  # one stream (the encoder's case): one fused pass
             shared = None if sh is None else (sh.k[li, 0], sh.v[li, 0], sh.sk[li, 0], sh.sv[li, 0])
-            own_kv = (cache.k[li, 0], cache.v[li, 0], cache.sk[li, 0], cache.sv[li, 0])
-            pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], own_kv, shared, P, end, svmax[0], pos,
-                                      self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+            pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], (ck[0], cv[0], csk[0], csv[0]), shared, P, end, svmax[0],
+                                      pos, self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
             return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
-        kernel.attn_scores(q8, cache.k[li], own, out=acc[..., P:])
+        kernel.attn_scores(q8, ck, own, out=acc[..., P:])
         if sh is not None and n == 1:
             kernel.attn_scores(q8, sh.k[li, :1], P, out=acc[..., :P])
         elif sh is not None:  # one pass over the shared keys for the query rows of all streams
             rows = q8.transpose(1, 0, 2, 3).reshape(1, KV, n * R, D)
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
         shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
-        p, esum = kernel.softmax_p(acc, sq[..., 0], cache.sk[li], cache.sv[li], svmax, pos, self.inv_sqrt_d,
+        p, esum = kernel.softmax_p(acc, sq[..., 0], csk, csv, svmax, pos, self.inv_sqrt_d,
                                    tables.ATT_STEPS, _EXP, shared, out=acc)  # weights over the scores, in place
-        pv = kernel.attn_values(p[..., P:], cache.v[li])
+        pv = kernel.attn_values(p[..., P:], cv)
         # exact integer sums: splitting them between shared and own keys changes nothing
         if sh is not None and n == 1:
             pv += kernel.attn_values(p[..., :P], sh.v[li, :1])
@@ -354,16 +404,14 @@ class PortableEngine:
             pv += kernel.attn_values(rows, sh.v[li, :1]).reshape(KV, n, R, D).transpose(1, 0, 2, 3)
         return self._merge(pv.astype(np.float64) * svmax[..., None] / esum[..., None], n, t, G, D)
 
-    def _attend_numpy(self, qq, sq, pos, cache, li, end, svmax, n, t, G, D) -> np.ndarray:
-        own = end - cache.base
-        keys, values = cache.k[li, :, :, :own], cache.v[li, :, :, :own]
-        sk, sv = cache.sk[li, :, :, :own], cache.sv[li, :, :, :own]
-        if cache.shared is not None:  # the reference path: materialize the prefix in every stream
-            P = cache.base
+    def _attend_numpy(self, qq, sq, pos, kv, sh, P, li, end, svmax, n, t, G, D) -> np.ndarray:
+        own = end - P
+        keys, values, sk, sv = (a[:, :, :own] for a in kv)
+        if sh is not None:  # the reference path: materialize the prefix in every stream
             both = lambda a, b: np.concatenate(  # noqa: E731
                 [np.broadcast_to(a[li, :1, :, :P], (n,) + b.shape[1:2] + (P,) + b.shape[3:]), b], axis=2)
-            keys, values = both(cache.shared.k, keys), both(cache.shared.v, values)
-            sk, sv = both(cache.shared.sk, sk), both(cache.shared.sv, sv)
+            keys, values = both(sh.k, keys), both(sh.v, values)
+            sk, sv = both(sh.sk, sk), both(sh.sv, sv)
         # |q.k| <= 64 * 127^2 < 2^24: exact in float32 BLAS
         acc = (qq.astype(np.float32) @ keys.astype(np.float32).transpose(0, 1, 3, 2)).astype(np.float64)
         p, esum = attention_weights(acc, sq[..., 0], sk, sv, svmax, pos, self.inv_sqrt_d)
@@ -388,11 +436,12 @@ class PortableEngine:
             logits = self.forward(ids[None, i : i + CHUNK], cache)
         return PortablePrefix(cache, logits[0, -1], len(ids))
 
-    def score(self, prefix: PortablePrefix, ids: Sequence[int]) -> Iterator[np.ndarray]:
+    def score(self, prefix: PortablePrefix, ids: Sequence[int], window: int | None = None) -> Iterator[np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
-        cache = prefix.cache.branch(self.cfg, 1, len(ids))
+        cap = len(ids) if window is None else min(len(ids), window + 2 * WINDOW_STEP)
+        cache = prefix.cache.branch(self.cfg, 1, cap, window)
         prev = prefix.logits[None]
         for i in range(0, len(ids) - 1, CHUNK):
             out = self.forward(ids[None, i : i + CHUNK][:, : len(ids) - 1 - i], cache)[0]
@@ -400,14 +449,14 @@ class PortableEngine:
             prev = out[-1:]
         yield prev
 
-    def stepper(self, prefix: PortablePrefix, n: int) -> "PortableStepper":
-        return PortableStepper(self, prefix, n)
+    def stepper(self, prefix: PortablePrefix, n: int, window: int | None = None) -> "PortableStepper":
+        return PortableStepper(self, prefix, n, window)
 
 
 class PortableStepper:
-    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int) -> None:
+    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None) -> None:
         self.engine = engine
-        self.cache = prefix.cache.branch(engine.cfg, n, 64)
+        self.cache = prefix.cache.branch(engine.cfg, n, 64, window)
         self._logits = np.repeat(prefix.logits[None], n, axis=0)
 
     def logits(self) -> np.ndarray:
@@ -417,6 +466,7 @@ class PortableStepper:
         n = len(ids)
         if n < self._logits.shape[0]:
             self.cache = self.cache.take(n)
-        if self.cache.len >= self.cache.base + self.cache.k.shape[3]:
-            self.cache.grow(self.cache.base + 2 * self.cache.k.shape[3])
+        c = self.cache
+        if c.len >= c.base + c.drop + c.k.shape[3]:  # grow by doubling (a window bounds it)
+            c.grow(c.base + c.drop + 2 * c.k.shape[3])
         self._logits = self.engine.forward(np.asarray(ids, dtype=np.int64)[:, None], self.cache)[:, 0]

@@ -451,7 +451,7 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     assert sk.strides == sv.strides and sk.strides[-1] == 8 and sk.strides[0] == H * sk.strides[1]
     sk0, sv0 = shared if shared is not None else (sk[..., :0], sv[..., :0])
     P = sk0.shape[-1]
-    assert sk0.strides == sv0.strides and (P == 0 or sk0.strides[-1] == 8) and sk0.shape == (n, H, P)
+    assert sk0.strides == sv0.strides and (P <= 1 or sk0.strides[-1] == 8) and sk0.shape == (n, H, P)
     acc = np.ascontiguousarray(acc, dtype=np.int32)
     sq = np.ascontiguousarray(sq, dtype=np.float64)
     svmax = np.ascontiguousarray(svmax, dtype=np.float64)

@@ -94,6 +94,12 @@ def find(sha256: str) -> ModelEntry | None:
     return next((e for e in entries().values() if e.sha256 and e.sha256 == sha256), None)
 
 
+def find_id(model_id: str) -> ModelEntry | None:
+    """The registry entry whose sha256 begins with ``model_id`` (hex), if any (format version 2)."""
+    model_id = model_id.lower()
+    return next((e for e in entries().values() if e.sha256 and e.sha256.startswith(model_id)), None)
+
+
 # --- hashing -------------------------------------------------------------------------
 
 
