@@ -454,19 +454,29 @@ def parse_address(address: str) -> int | None:
     return n
 
 
+def local_cluster(n: int):
+    """A LocalCluster of ``n`` worker processes, one task at a time each, quiet (errors only)."""
+    import warnings
+
+    from distributed import LocalCluster
+
+    with warnings.catch_warnings():  # another cluster's HTTP port taken: dask picks another, and says so
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
+
+
 @contextlib.contextmanager
 def connect(address: str, *, timeout: float = 30) -> Iterator:
     """A Client for a scheduler ``address`` (``tcp://host:8786``), or for ``local:N``: a
     LocalCluster of N worker processes on this machine, one task at a time each."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise ClusterError('running on a cluster needs dask: pip install "tinylmz[dask]"') from None
     n = parse_address(address)
-    quiet = logging.ERROR
     if n is not None:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=quiet) as cluster, Client(cluster) as client:
+        with local_cluster(n) as cluster, Client(cluster) as client:
             yield client
         return
     try:
