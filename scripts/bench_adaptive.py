@@ -14,8 +14,10 @@ the true id and its logit, the row's maximum and its exact integer weight sum
 enough to recompute the coded cost of the true token after biases are added to
 a few candidates: a candidate outside the top K (rare) is given the K-th logit,
 an upper bound.  ``table`` is therefore an estimate (from ``freqs``' integers);
-``--check N`` confirms it with a real range-coder round trip through
-``adaptive.AdaptiveState`` on the first N tokens of each text (runs the model).
+``table --check N`` instead runs real range-coder round trips through
+``adaptive`` on the first N tokens of each text (runs the model; decodes the
+streams side by side with ``AdaptiveBatch``) and times the adaptive calls on
+real rows.
 
 Columns: model alone, then each component added in turn.  Two stream
 layouts: "reset" resets the adaptive state with each model segment (they see
@@ -147,9 +149,9 @@ def simulate(d: dict, cfg, layout: str) -> tuple[float, float]:
             hit = np.flatnonzero(tid == x)
             return int(tl[hit[0]]) if len(hit) else kth[j]
 
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         xs, vals = st.plan(m, logit, nl)
-        spent += time.perf_counter() - t0
+        spent += time.thread_time() - t0
         W = wsum[j]
         old = [logit(x) for x in xs]
         for a, b in zip(old, vals):
@@ -158,9 +160,9 @@ def simulate(d: dict, cfg, layout: str) -> tuple[float, float]:
         Ly = vals[xs.index(y)] if y in xs else true_L[j]
         fy = 1 + int(np.exp((Ly - m) / 256) / W * scale)
         bits -= np.log2(min(fy, freqs.TOTAL) / freqs.TOTAL)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         st.update(y, fx=fx)
-        spent += time.perf_counter() - t0
+        spent += time.thread_time() - t0
     return bits, spent
 
 
@@ -179,7 +181,7 @@ def table(args) -> None:
     over = {k: int(v) for k, v in over.items()}
     names = list(TEXTS)
     print(f"segments of {args.segment} tokens; bits per byte; config {adaptive.Config(**over).params()}")
-    print(f"{'layout':7} {'variant':8} " + " ".join(f"{n:>19}" for n in names) + "   us/token")
+    print(f"{'layout':7} {'variant':8} " + " ".join(f"{n:>19}" for n in names) + "   CPU us/token")
     dumps = {n: load(n, args.segment) for n in names}
     for layout in args.layouts.split(","):
         for var, kw in VARIANTS.items():
@@ -197,6 +199,55 @@ def table(args) -> None:
             print(f"{layout:7} {var:8} " + " ".join(cells) + f"   {1e6 * sec / tok:8.1f}", flush=True)
 
 
+def check(args) -> None:
+    """Real round trips: the first ``args.check`` ids of each text, one stream each, encoded with
+    and without the adaptive models, the adaptive streams decoded side by side through the engine."""
+    from tinylmz import adaptive, freqs
+    from tinylmz.rangecoder import Encoder
+
+    sess = session(args.segment)
+    cfg = adaptive.Config(**{k: int(v) for k, v in (kv.split("=") for kv in args.set)})
+    streams, seqs = [], []
+    print(f"round trip, first {args.check} tokens of each text as one stream (bytes coded):")
+    for name in TEXTS:
+        ids = sess.tokenizer.encode(text_bytes(name))[: args.check].astype(np.int64)
+        rows = np.concatenate(list(sess.engine.score(sess.prefix, sess._input[ids])))
+        enc = Encoder()
+        for row, y in zip(rows, ids.tolist()):
+            cum = freqs.cumulative(row, sess.width)[0]
+            enc.encode(int(cum[y]), int(cum[y + 1] - cum[y]), freqs.TOTAL)
+        plain = enc.finish()
+        data = adaptive.encode_rows(rows, ids, adaptive.AdaptiveState(cfg), sess.width)
+        st, spent = adaptive.AdaptiveState(cfg), 0.0  # again, timing only the adaptive calls
+        for row, y in zip(rows, ids.tolist()):
+            L0 = freqs.fixed_logits(row)
+            t0 = time.thread_time()
+            L = st.adjust(L0)
+            spent += time.thread_time() - t0
+            cum = freqs.cumulative(adaptive.as_logits(L), sess.width)[0]
+            t0 = time.thread_time()
+            st.update(y, cum)
+            spent += time.thread_time() - t0
+        print(f"  {name:22} model {len(plain):6d}  adaptive {len(data):6d}  "
+              f"({100 * (len(data) / len(plain) - 1):+.2f} %)  adjust+update {1e6 * spent / len(ids):.1f} CPU us/token", flush=True)
+        streams.append(data)
+        seqs.append(ids.tolist())
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    stepper = sess.engine.stepper(sess.prefix, len(order))
+
+    def logits_of(step, hs):
+        if step:
+            stepper.feed(sess._input[[h[-1] for h in hs]].tolist())
+        return stepper.logits()[: len(hs)]
+
+    got = adaptive.decode_streams([streams[i] for i in order], [len(seqs[i]) for i in order], logits_of,
+                                  adaptive.AdaptiveBatch.fresh(len(order), cfg), sess.width)
+    ok = all(g == seqs[i] for g, i in zip(got, order))
+    print("  decoded side by side:", "identical" if ok else "MISMATCH")
+    if not ok:
+        sys.exit(1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -211,6 +262,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "dump":
         dump(args)
+    elif args.check:
+        check(args)
     else:
         table(args)
 

@@ -51,8 +51,8 @@ def test_pinned_digest():
     ids = token_sequence(1500)
     st = AdaptiveState()
     rows = run(st, ids)
-    assert hashlib.sha256(rows).hexdigest()[:16] == "ce3d7d394d03acc8"
-    assert adaptive.digest(st)[:16] == "03216e6af94634e5"
+    assert hashlib.sha256(rows).hexdigest()[:16] == "098962f3d237830f"
+    assert adaptive.digest(st)[:16] == "1cd7041958b05a39"
 
 
 def test_it_adapts():
@@ -63,14 +63,14 @@ def test_it_adapts():
     plain = biased = 0.0
     for j, y in enumerate(ids):
         L0 = freqs.fixed_logits(synthetic_logits(j, hist))
-        L = st.adjust(L0)
+        L = st.adjust(L0.copy())
         cum = freqs.cumulative(adaptive.as_logits(L), WIDTH)[0]
         c0 = freqs.cumulative(adaptive.as_logits(L0), WIDTH)[0]
         biased -= np.log2((cum[y + 1] - cum[y]) / freqs.TOTAL)
         plain -= np.log2((c0[y + 1] - c0[y]) / freqs.TOTAL)
         st.update(y, cum)
         hist.append(y)
-    assert biased < 0.7 * plain
+    assert biased < 0.5 * plain  # 0.27 when written
 
 
 def test_batched_equals_one_by_one():

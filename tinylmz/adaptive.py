@@ -186,7 +186,7 @@ class AdaptiveState:
 
     def plan(self, m: int, logit, n_logits: int) -> tuple[list[int], list[int]]:
         """Distinct proposed ids and their biased logits; ``logit(x)`` gives L[x], ``m`` = max L."""
-        sources, xs, Lx = [], [], []
+        sources, xs, L0, Lx, B = [], [], [], [], self.B
         for x, c in self.proposals():
             if x >= n_logits:
                 continue
@@ -195,20 +195,24 @@ class AdaptiveState:
             else:
                 i = len(xs)
                 xs.append(x)
-                Lx.append(int(logit(x)))
-            c += _gap_bucket(m - Lx[i])
+                v = int(logit(x))
+                L0.append(v)
+                Lx.append(v)
+            d = m - L0[i]  # the gap bucket, from the unbiased logit
+            c += 0 if d < 1 else 1 if d < 256 else 2 if d < 512 else 3 if d < 1024 else 4 if d < 2048 else 5
             sources.append((i, c))
-            Lx[i] += self.B[c] >> 8
+            Lx[i] += B[c] >> 8
         self._pending = (sources, xs)
-        return xs, [min(max(v, -LIMIT), LIMIT) for v in Lx]
+        return xs, [LIMIT if v > LIMIT else -LIMIT if v < -LIMIT else v for v in Lx]
 
-    def adjust(self, L: np.ndarray) -> np.ndarray:
-        """A biased copy of one row of fixed-point logits (int32, ids < n_logits)."""
-        xs, vals = self.plan(int(L.max()), L.__getitem__, len(L))
-        out = np.array(L, dtype=np.int32)
-        if xs:
-            out[xs] = vals
-        return out
+    def adjust(self, L: np.ndarray, m: int | None = None) -> np.ndarray:
+        """Bias one row of fixed-point logits (int32, ids < n_logits) in place and return it.
+
+        ``m`` is the row's maximum when the caller has it (saves a pass over the row)."""
+        xs, vals = self.plan(int(L.max()) if m is None else m, L.__getitem__, len(L))
+        for x, v in zip(xs, vals):
+            L[x] = v
+        return L
 
     # -- learning ---------------------------------------------------------------------------------
 
@@ -234,39 +238,44 @@ class AdaptiveState:
         """The tables learn token ``y`` (n-gram slots, match, history, context hashes)."""
         cfg = self.config
         shift = 32 - cfg.ngram_bits
-        for k in range(min(cfg.orders, self.n)):
-            h = self._h[k]
+        k = 0
+        for h, tok, chk, cnt in zip(self._h[: cfg.orders], self.tok, self.chk, self.cnt):
             s = h >> shift
-            c = h & 0xFFFF
-            tok, cnt = self.tok[k], self.cnt[k]
-            if self.chk[k][s] != c:
-                self.chk[k][s], tok[s], cnt[s] = c, y, 1
+            q = h & 0xFFFF
+            if chk[s] != q:
+                chk[s] = q
+                tok[s] = y
+                cnt[s] = 1
             elif tok[s] == y:
                 if cnt[s] < 255:
                     cnt[s] += 1
-            else:
+            elif cnt[s] > 1:
                 cnt[s] >>= 1
-                if cnt[s] == 0:
-                    tok[s], cnt[s] = y, 1
+            else:
+                tok[s] = y
+                cnt[s] = 1
         hmask = (1 << cfg.hist_bits) - 1
         hist = self.hist
         if self.len > 0 and hist[self.ptr & hmask] == y:
-            self.len = min(self.len + 1, 65535)
+            if self.len < 65535:
+                self.len += 1
             self.ptr += 1
         else:
             self.len = 0
-        hist[self.n & hmask] = y
-        self.n += 1
         n = self.n
-        # context hashes for the next token: h_k = mix(h_{k-1}, t[n-k])
+        hist[n & hmask] = y
+        n = self.n = n + 1
+        # context hashes for the next token: h_k = mix(h_(k-1), t[n-k])
         h, hs = 0, []
         for k in range(1, min(self._nh, n) + 1):
-            h = _mix(h, hist[(n - k) & hmask])
+            x = ((h ^ (hist[(n - k) & hmask] + 1)) * 0x9E3779B1) & M32
+            h = x ^ (x >> 15)
             hs.append(h)
         self._h = hs
         if cfg.match and n >= cfg.match_min:
             j = hs[cfg.match_min - 1] >> (32 - cfg.match_bits)
-            p = self.mt[j]
+            mt = self.mt
+            p = mt[j]
             if self.len == 0 and p > 0 and n - p <= hmask:
                 lim = min(16, p)
                 i = 1
@@ -274,7 +283,7 @@ class AdaptiveState:
                     i += 1
                 if i - 1 >= cfg.match_min:
                     self.len, self.ptr = i - 1, p
-            self.mt[j] = n
+            mt[j] = n
         if self.len > 0 and n - self.ptr > hmask:
             self.len = 0
 
@@ -293,15 +302,15 @@ class AdaptiveBatch:
         return cls([AdaptiveState(config) for _ in range(n)])
 
     def adjust(self, L: np.ndarray) -> np.ndarray:
-        """Biased copy of ``L`` (k, V) int32: row i for stream i (the first k streams)."""
-        out = np.array(L, dtype=np.int32)
+        """Bias ``L`` (k, V) int32 in place (row i for stream i, the first k streams) and return it."""
+        out = L
         mx = out.max(axis=1).tolist()
         V = out.shape[1]
         for i, st in enumerate(self.states[: len(out)]):
             row = out[i]
             xs, vals = st.plan(mx[i], row.__getitem__, V)
-            if xs:
-                row[xs] = vals
+            for x, v in zip(xs, vals):
+                row[x] = v
         return out
 
     def update(self, ys, cum: np.ndarray) -> None:
