@@ -39,8 +39,9 @@ or segment length, raises ``FormatError`` except with probability about 2^-8
 (the check; the exact-end rule and the end flag reject most such frames before
 it).  No frame is ever read out of bounds or decoded past ``S`` tokens.
 
-Overhead: about 1.1 bytes for a model-coded record (check 8 bits, end flag and
-method symbol ~0.3 bits), 2 bytes for a stored one, 0 for the empty record.
+Overhead beyond the tokens' own cost: the 8-bit check, ~0.3 bits of end flags and
+method symbol, and the coder's final byte (1.35 bytes in all on 80-byte log lines);
+2 bytes for a stored or deflated record, 0 for the empty record.
 
 Record logs (``.tlmzr``, version 2): a header naming the model, engine, context
 and segment length, then ``varint(frame_len) frame`` per line, an index of every
