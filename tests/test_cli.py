@@ -469,3 +469,95 @@ def test_model_commands(tiny_model):
     assert r.code == 0 and b"OK" in r.out
     assert_one_line_error(tlmz("model", "path", "no-such-model"))
     assert_one_line_error(tlmz("model", "pull", "no-such-model"))
+
+
+# --- several files, directories, threads -------------------------------------------------------
+
+
+def test_several_files_and_directories(tmp_path, tiny_model):
+    (tmp_path / "a.txt").write_bytes(TEXT)
+    (tmp_path / "b.bin").write_bytes(CASES["binary"][:3000])
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "c.txt").write_bytes(TEXT[:100])
+    (d / "sub" / "e.txt").write_bytes(TEXT[100:400])
+    (d / "sub" / "old.tlmz").write_bytes(b"not touched by compress -r")
+    r = tlmz("compress", "-m", tiny_model, "-B", "256", tmp_path / "a.txt", tmp_path / "b.bin")
+    assert r.code == 0, r.err
+    for name in ("a.txt", "b.bin"):
+        raw = (tmp_path / name).read_bytes()
+        assert (tmp_path / (name + ".tlmz")).read_bytes() == tinylmz_compress(raw, tiny_model, 256)
+    # a directory needs -r; with it, every file under it (not the .tlmz ones)
+    r = tlmz("compress", "-m", tiny_model, d)
+    assert_one_line_error(r)
+    assert "-r" in r.err
+    r = tlmz("compress", "-m", tiny_model, "-r", "--rm", d)
+    assert r.code == 0, r.err
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) == [
+        "c.txt.tlmz", "sub/e.txt.tlmz", "sub/old.tlmz"]
+    r = tlmz("decompress", "-m", tiny_model, "-r", d)  # only the .tlmz files: old.tlmz fails alone
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "old.tlmz" in r.err, r.err
+    assert (d / "c.txt").read_bytes() == TEXT[:100] and (d / "sub" / "e.txt").read_bytes() == TEXT[100:400]
+    r = tlmz("test", "-m", tiny_model, tmp_path / "a.txt.tlmz", d / "c.txt.tlmz")
+    assert r.code == 0 and r.out.count(b": OK (") == 2
+
+
+def tinylmz_compress(raw: bytes, model, block_size: int) -> bytes:
+    import tinylmz
+
+    return tinylmz.compress(raw, model=model, block_size=block_size)
+
+
+def test_a_failing_file_does_not_stop_the_others(tmp_path, tiny_model):
+    (tmp_path / "a.txt").write_bytes(TEXT)
+    (tmp_path / "c.txt").write_bytes(TEXT[:50])
+    (tmp_path / "c.txt.tlmz").write_bytes(b"keep")
+    r = tlmz("compress", "-m", tiny_model, tmp_path / "nope.txt", tmp_path / "c.txt", tmp_path / "a.txt")
+    assert r.code == 1
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 2 and "nope.txt" in lines[0] and "c.txt.tlmz" in lines[1], r.err
+    assert (tmp_path / "a.txt.tlmz").exists() and (tmp_path / "c.txt.tlmz").read_bytes() == b"keep"
+    assert no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("args", [
+    ["compress", "-o", "out.tlmz", "a", "b"],
+    ["compress", "-c", "a", "b"],
+    ["decompress", "-c", "a.tlmz", "b.tlmz"],
+    ["compress", "-", "a"],
+    ["compress", "-T", "0", "a"],
+])
+def test_several_files_usage_errors(args):
+    assert_one_line_error(tlmz(*args), 2)
+
+
+def test_threads_option_does_not_change_the_output(tmp_path, tiny_model):
+    from tinylmz import threads
+
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    outs = []
+    try:
+        for n in ("1", "3"):
+            r = tlmz("compress", "-T", n, "-m", tiny_model, "-c", src)
+            assert r.code == 0, r.err
+            assert threads.fixed() == int(n)  # kernel.set_threads was called
+            outs.append(r.out)
+            back = tlmz("decompress", "-T", n, "-m", tiny_model, "-c", "-", stdin=r.out)
+            assert back.code == 0 and back.out == TEXT
+    finally:
+        threads.set_threads(None)
+    assert outs[0] == outs[1]
+
+
+def test_help_explains_the_new_options():
+    for cmd in ("compress", "decompress", "test"):
+        r = proc(cmd, "--help")
+        assert r.returncode == 0
+        text = b" ".join(r.stdout.split())
+        for word in (b"--threads", b"never depends on it", b"--scheduler", b"local:N", b"TINYLMZ_SCHEDULER",
+                     b"--recursive"):
+            assert word in text, (cmd, word)
+    for cmd in (["records", "compress"], ["records", "decompress"], ["records", "get"]):
+        r = proc(*cmd, "--help")
+        assert b"--threads" in r.stdout and b"--scheduler" not in r.stdout
