@@ -177,3 +177,36 @@ def test_hash_is_the_stated_integer_function():
     assert adaptive._mix(0, 0) == (0x9E3779B1 ^ (0x9E3779B1 >> 15))
     x = ((12345 ^ 7) * 0x9E3779B1) & 0xFFFFFFFF
     assert adaptive._mix(12345, 6) == x ^ (x >> 15)
+
+
+def test_round_trip_through_the_engine(tiny_model):
+    """A real engine (the tiny model): streams scored for the encoder, a lockstep stepper for the
+    decoder, every stream's adaptive state primed with a context; the ids come back."""
+    from tinylmz import registry
+    from tinylmz.engine_portable import PortableEngine
+
+    m = registry.resolve(str(tiny_model))
+    eng = PortableEngine(m.path, m.sha256)
+    V = eng.n_vocab
+    rng = np.random.default_rng(13)
+    phrase = rng.integers(1, V, 9).tolist()
+    context = (phrase + rng.integers(1, V, 5).tolist()) * 3
+    prefix = eng.prefill([1] + context)
+    primed = AdaptiveState()
+    primed.prime(context)
+    seqs = [(phrase * 5)[:40], (rng.integers(1, V, 8).tolist() + phrase * 3)[:33]]
+    datas, sizes = [], []
+    for s in seqs:
+        rows = np.concatenate(list(eng.score(prefix, s)))
+        datas.append(adaptive.encode_rows(rows, s, primed.copy(), V))
+        sizes.append(len(adaptive.encode_rows(rows, s, AdaptiveState(Config(orders=0, match=False)), V)))
+    stepper = eng.stepper(prefix, len(seqs))
+
+    def logits_of(step, hs):
+        if step:
+            stepper.feed([h[-1] for h in hs])
+        return stepper.logits()[: len(hs)]
+
+    got = adaptive.decode_streams(datas, [len(s) for s in seqs], logits_of, AdaptiveBatch.fresh(2, primed=primed), V)
+    assert got == seqs
+    assert sum(len(d) for d in datas) < sum(sizes)  # the repeats of the context paid

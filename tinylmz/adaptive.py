@@ -10,6 +10,17 @@ the machine.  Tables have a fixed size set by ``Config``; the state is reset at
 each stream start and may first be *primed* with the tokens of a record-mode
 context (``prime``), then copied for each stream (``copy``).
 
+Use, per stream (the encoder; the decoder does the same with ``AdaptiveBatch``
+for its lockstep streams, one call per step)::
+
+    st = AdaptiveState(Config())            # or primed.copy()
+    for each position:  L = freqs.fixed_logits(logits_row)
+                        st.adjust(L)        # biases a few entries of L, in place
+                        cum = freqs.cumulative(as_logits(L), width)[0]
+                        code y with cum;  st.update(y, cum)
+
+``encode_rows`` and ``decode_streams`` are that loop, as references and for tests.
+
 Definition (integers; ``>>`` is an arithmetic shift and ``//`` floor division,
 both rounding toward minus infinity; ``M32 = 2^32 - 1``; ``H = 2^hist_bits``).
 
