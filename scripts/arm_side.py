@@ -24,7 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-NAMES = ["prose.txt", "code.py", "broken.bin"]
 GOLDEN_TAGS = {"tiny": "tests/tinymodel.py's model", "smollm2": "the default model"}
 
 
@@ -83,14 +82,17 @@ def main(argv: list[str]) -> int:
     if step == "golden":  # golden files decode to their originals: golden TINY_GGUF TAG...
         import tinylmz
 
-        tiny, tags = args[0], args[1:]
+        tiny, tags = args[0], set(args[1:])
         bad = 0
-        for tag in tags:
-            for name in NAMES:
-                blob = (ROOT / "tests" / "golden" / f"{name}.{tag}.tlmz").read_bytes()
-                ok = tinylmz.decompress(blob, model=tiny if tag == "tiny" else None) == (ROOT / "tests" / "golden" / name).read_bytes()
-                bad += not ok
-                print(f"{'ok' if ok else 'MISMATCH'} {name}.{tag}.tlmz ({GOLDEN_TAGS[tag]})")
+        for path in sorted((ROOT / "tests" / "golden").glob("*.tlmz")):
+            tag = next((t for t in GOLDEN_TAGS if f".{t}." in path.name), None)  # NAME.TAG[.vN].tlmz
+            if tag not in tags:
+                continue
+            original = path.name[: path.name.index(f".{tag}.")]
+            ok = tinylmz.decompress(path.read_bytes(), model=tiny if tag == "tiny" else None) == (
+                path.parent / original).read_bytes()
+            bad += not ok
+            print(f"{'ok' if ok else 'MISMATCH'} {path.name} ({GOLDEN_TAGS[tag]})")
         return 1 if bad else 0
     if step == "kernel":
         from tinylmz import kernel
