@@ -12,9 +12,11 @@ block is model-coded.
 
 Codecs:
 
-* ``tinylmz-portable``, ``tinylmz-llama``: the default model on each engine.
-  The llama row is also the llama.cpp baseline: the llama engine evaluates one
-  token per ``llama_decode`` call, as a file that must decode the same way has to;
+* ``tinylmz-portable`` (format version 2, the default), ``tinylmz-portable-v1``
+  (format version 1, as files were written before), ``tinylmz-llama``: the
+  default model on each engine.  The llama row is also the llama.cpp baseline:
+  the llama engine evaluates one token per ``llama_decode`` call, as a file that
+  must decode the same way has to;
 * ``xz`` (lzma preset 9 | PRESET_EXTREME), ``zstd`` (-19, ``zstandard``),
   ``bzip2`` (-9, ``bz2``), ``brotli`` (-q 11, ``brotli``).
 
@@ -27,14 +29,23 @@ cross-entropy measurement (a softmax per token, small next to the model).
 Every round trip is checked (decompressed == original); a failure is marked in
 the table and makes the exit status 1.
 
+For tinylmz the table also gives tokens per second each way, and the header the
+hardware's limit: the model's multiply-adds per token (its weight matrices) and
+the native kernel's measured int16 x int8 product rate on all cores, whose ratio
+is the most tokens per second the matrix products allow (attention not counted).
+``--load N`` runs every tinylmz row twice, the second time while N busy-loop
+processes hold cores, and prints the loaded speed as a share of the idle one.
+
     python scripts/bench.py                       # corpus + 4 KB / 16 KB excerpts of alice29
     python scripts/bench.py --quick               # the 4 KB excerpt only
     python scripts/bench.py a.txt b.bin --engines portable --codecs xz,zstd --json out.json --plot out.png
+    python scripts/bench.py --engines portable,portable-v1 --codecs '' --load 1 alice29.txt
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -51,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 EXCERPTS = (4096, 16384)
 CLASSIC = ("xz", "zstd", "bzip2", "brotli")
-ENGINES = ("portable", "llama")
+ENGINES = ("portable", "portable-v1", "llama")
 
 
 # -- codecs (run in the child; each returns bytes and a dict of extras) ------------------------
@@ -98,8 +109,10 @@ def tinylmz(direction: str, data: bytes, opts: dict):
     t0 = time.perf_counter()
     if direction == "c":
         out = io.BytesIO()
-        sizes = {k: opts[k] for k in ("block_size", "segment_tokens") if opts.get(k)}  # else tinylmz's defaults
-        c = api.Compressor(out, engine=opts["engine"], measure=True, **sizes)
+        sizes = {k: opts[k] for k in ("block_size", "segment_tokens", "window") if opts.get(k)}  # else defaults
+        engine, _, v = opts["engine"].partition("-v")
+        c = api.Compressor(out, engine=engine, measure=True, format_version=int(v or api.container.VERSION),
+                           **sizes)
         load = time.perf_counter() - t0
         c.write(data)
         c.close()
@@ -198,6 +211,52 @@ def bench_one(path: Path, codec: str, opts: dict, tmp: Path) -> dict:
     return row
 
 
+@contextlib.contextmanager
+def busy(n: int):
+    """n processes spinning in a loop (another program holding cores) while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def limits() -> dict:
+    """The model's multiply-adds per token and the kernel's product rate (a child process: RSS stays low)."""
+    code = (
+        "import json, time, numpy as np\n"
+        "from tinylmz import registry, kernel, threads\n"
+        "from tinylmz.tokens import read_gguf_metadata\n"
+        "m = registry.resolve(None)\n"
+        "import gguf\n"
+        "r = gguf.GGUFReader(str(m.path))\n"
+        "macs = sum(int(np.prod(t.shape)) for t in r.tensors if len(t.shape) == 2 and 'token_embd' not in t.name)\n"
+        "if not any('output.weight' == t.name for t in r.tensors):\n"
+        "    macs += int(np.prod(next(t.shape for t in r.tensors if t.name == 'token_embd.weight')))\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((16, 576)); w = rng.integers(-127, 128, (1536, 576)).astype(np.int8)\n"
+        "pw = kernel.Packed(w) if kernel.packs() else w; ws = np.ones(1536)\n"
+        "out = {'macs_per_token': macs}\n"
+        "for nt in (1, threads.available_cpus()):\n"
+        "    threads.set_threads(nt); kernel.qmatmul(x, pw, ws)\n"
+        "    t = time.perf_counter(); k = 0\n"
+        "    while time.perf_counter() - t < 1.0: kernel.qmatmul(x, pw, ws); k += 1\n"
+        "    out[f'gmacs_{nt}'] = k * 16 * 1536 * 576 / (time.perf_counter() - t) / 1e9\n"
+        "print(json.dumps(out))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+    peak = max(v for k, v in out.items() if k.startswith("gmacs_"))
+    out["limit_tokens_s"] = peak * 1e9 / out["macs_per_token"]
+    return out
+
+
 def machine() -> dict:
     cpu = "?"
     try:
@@ -246,6 +305,19 @@ def _speed(x) -> str:
     return "-" if x is None else format(x, ",.0f" if x >= 100 else ".3g")
 
 
+def _tokens(r: dict) -> str:
+    t = r.get("tokens")
+    if not t or not r.get("compress_s") or not r.get("decompress_s"):
+        return "-"
+    return f"{t / r['compress_s']:.0f}/{t / r['decompress_s']:.0f}"
+
+
+def _share(r: dict) -> str:
+    if "compress_share" not in r and "decompress_share" not in r:
+        return "-"
+    return f"{_f(100 * r.get('compress_share', 0), '.0f')}%/{_f(100 * r.get('decompress_share', 0), '.0f')}%"
+
+
 def print_table(rows: list[dict], info: dict, command: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -255,11 +327,17 @@ def print_table(rows: list[dict], info: dict, command: str) -> None:
     console.print(f"[bold]machine:[/] {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
                   f"Python {info['python']}, numpy {info['numpy']}, llama-cpp-python {info['llama-cpp-python']}, "
                   f"zstandard {info['zstandard']}, brotli {info['brotli']}")
+    if info.get("macs_per_token"):
+        cores = sorted(k for k in info if k.startswith("gmacs_"))
+        rates = ", ".join(f"{info[k]:.0f} G/s on {k.split('_')[1]} core(s)" for k in cores)
+        console.print(f"[bold]limit:[/] {info['macs_per_token'] / 1e6:.0f} M multiply-adds per token (weights); "
+                      f"kernel int16 x int8 products {rates}: at most {info['limit_tokens_s']:,.0f} tokens/s")
     t = Table(show_lines=False)
     for col, just in [("file", "left"), ("codec", "left"), ("orig B", "right"), ("comp B", "right"),
                       ("bits/B", "right"), ("model bits/B", "right"), ("ovh %", "right"),
                       ("coder ovh %", "right"), ("hdr+ B", "right"),
-                      ("comp KB/s", "right"), ("decomp KB/s", "right"), ("load s", "right"),
+                      ("comp KB/s", "right"), ("decomp KB/s", "right"), ("tok/s c/d", "right"),
+                      ("busy share c/d", "right"), ("load s", "right"),
                       ("RSS MB c/d", "right"), ("round trip", "left")]:
         t.add_column(col, justify=just)
     last = None
@@ -272,7 +350,7 @@ def print_table(rows: list[dict], info: dict, command: str) -> None:
                   _f(r.get("bpb"), ".3f"), _f(r.get("model_bpb"), ".3f"), _f(r.get("overhead_pct"), "+.2f"),
                   _f(r.get("coder_overhead_pct"), "+.2f"), _f(r.get("container_bytes"), "d"),
                   _speed(r.get("compress_kbps")), _speed(r.get("decompress_kbps")),
-                  _f(r.get("load_s"), ".2f"),
+                  _tokens(r), _share(r), _f(r.get("load_s"), ".2f"),
                   f"{_f(r.get('compress_rss_mb'), '.0f')}/{_f(r.get('decompress_rss_mb'), '.0f')}", status)
     console.print(t)
     console.print("KB = 1000 bytes; speeds include model load; RSS = peak of the compress / decompress process")
@@ -323,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codecs", default=",".join(CLASSIC), help="classic codecs, comma-separated ('' for none)")
     ap.add_argument("--segment-tokens", type=int, default=None, help="tinylmz segment length (default: tinylmz's)")
     ap.add_argument("--block-size", type=int, default=None, help="tinylmz block size (default: tinylmz's)")
+    ap.add_argument("--window", type=int, default=None, help="tinylmz window, format version 2 (default: tinylmz's)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="also run each tinylmz row while N busy-loop processes hold cores")
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON")
     ap.add_argument("--plot", metavar="OUT.png", help="plot bits/byte vs compress KB/s for the largest file")
     ap.add_argument("--quick", action="store_true", help="only the first 4 KB of alice29 (or of the first file)")
@@ -336,9 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     all_codecs = [f"tinylmz-{e}" for e in engines] + codecs
     # Nothing heavy is imported here before the children run: Linux children inherit the parent's
     # ru_maxrss at fork, so a big parent would inflate every child's peak RSS.
-    opts = {"segment_tokens": args.segment_tokens, "block_size": args.block_size}  # None: tinylmz's defaults
+    opts = {"segment_tokens": args.segment_tokens, "block_size": args.block_size, "window": args.window}
     command = shlex.join([sys.executable, sys.argv[0], *argv])
     info = machine()
+    if engines:
+        info.update(limits())
     rows = []
     with tempfile.TemporaryDirectory(prefix="tinylmz-bench-") as d:
         tmp = Path(d)
@@ -346,6 +429,16 @@ def main(argv: list[str] | None = None) -> int:
             for codec in all_codecs:
                 print(f"  {path.name}: {codec} ...", file=sys.stderr, flush=True)
                 rows.append(bench_one(path, codec, opts, tmp))
+                if args.load and codec.startswith("tinylmz-"):
+                    print(f"  {path.name}: {codec} with {args.load} busy process(es) ...", file=sys.stderr, flush=True)
+                    with busy(args.load):
+                        row = bench_one(path, codec, opts, tmp)
+                    idle = rows[-1]
+                    row["codec"] = f"{codec} +{args.load} busy"
+                    for k in ("compress_kbps", "decompress_kbps"):
+                        if row.get(k) and idle.get(k):
+                            row[k.replace("kbps", "share")] = row[k] / idle[k]
+                    rows.append(row)
     print_table(rows, info, command)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": command, "machine": info, "options": opts,

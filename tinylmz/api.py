@@ -167,15 +167,16 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
     return reader, session
 
 
-DECODE_TOKENS = 40960  # decoder: stream positions in flight (~14 KB of key/value cache each)
+DECODE_TOKENS = 36864  # decoder: stream positions in flight (~14 KB of key/value cache each: ~500 MB)
 
 
-def _groups(blocks, segment_tokens: int) -> Iterator[list]:
+def _groups(blocks, segment_tokens: int, window: int | None = None) -> Iterator[list]:
     """Consecutive blocks whose model-coded streams fit ``DECODE_TOKENS`` together.
 
     A read error (a damaged block header) is raised only after the blocks before it.
     """
     group, cost = [], 0
+    per_stream = segment_tokens if window is None else min(segment_tokens, window + 2 * codec.WINDOW_STEP)
     while True:
         try:
             block = next(blocks)
@@ -191,7 +192,7 @@ def _groups(blocks, segment_tokens: int) -> Iterator[list]:
                 streams = container.read_varint(block.payload, 0)[0]
             except (TinylmzError, IndexError, ValueError):
                 streams = 1  # damaged: reported when it is decoded
-            need = max(1, min(streams, 1 << 16)) * segment_tokens  # the lockstep's cache: streams x longest
+            need = max(1, min(streams, 1 << 16)) * per_stream  # the lockstep's cache: streams x longest
         if group and cost + need > DECODE_TOKENS:
             yield group
             group, cost = [], 0
@@ -211,7 +212,7 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
     reader, make_session = open_reader(fileobj, model=model, context=context, force=force)
     session = None
     total, crc = 0, 0
-    for group in _groups(iter(reader.blocks()), reader.header.segment_tokens):
+    for group in _groups(iter(reader.blocks()), reader.header.segment_tokens, reader.header.window):
         if session is None and any(b.method == container.MODEL for b in group):
             session = make_session()
         for block, raw in zip(group, codec.decode_blocks(session, group, progress)):
