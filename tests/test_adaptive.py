@@ -210,3 +210,12 @@ def test_round_trip_through_the_engine(tiny_model):
     got = adaptive.decode_streams(datas, [len(s) for s in seqs], logits_of, AdaptiveBatch.fresh(2, primed=primed), V)
     assert got == seqs
     assert sum(len(d) for d in datas) < sum(sizes)  # the repeats of the context paid
+
+
+def test_config_round_trips_and_is_bounded():
+    cfg = Config(orders=3, ngram_bits=12, match=False)
+    assert Config.from_params(cfg.params()) == cfg
+    assert all(type(v) is int for v in cfg.params().values())
+    for bad in ({"ngram_bits": 40}, {"orders": 9}, {"match": 2}, {"hist_bits": 3}, {"colour": 1}):
+        with pytest.raises(ValueError):
+            Config.from_params({**Config().params(), **bad})

@@ -95,6 +95,10 @@ M32 = 0xFFFFFFFF
 INIT = (1 << 14, 3 << 13, 1 << 15, 3 << 14, 1 << 16, 3 << 15)
 
 
+_BOUNDS = (("orders", 0, 8), ("ngram_bits", 4, 22), ("match", 0, 1), ("match_min", 1, 16),
+           ("match_bits", 4, 22), ("hist_bits", 4, 22), ("decay", 0, 30), ("prior", 1, 1 << 16), ("init", 0, 1))
+
+
 @dataclass(frozen=True)
 class Config:
     """Table sizes and rates; part of the format (a file records them)."""
@@ -109,8 +113,30 @@ class Config:
     prior: int = 32  # H0 = TOTAL * prior / 16: the curvature a class starts with
     init: bool = True  # start the biases at INIT[gap bucket] (else 0)
 
+    def __post_init__(self) -> None:
+        # a file's header names the config: bound what it can make a decoder allocate
+        for name, lo, hi in _BOUNDS:
+            v = getattr(self, name)
+            if not isinstance(v, (int, bool)) or not lo <= v <= hi:
+                raise ValueError(f"adaptive config: {name} = {v!r} outside {lo}..{hi}")
+
     def params(self) -> dict:
-        return asdict(self)
+        """The config as a dict of small integers (for a file header)."""
+        return {k: int(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Config":
+        """Inverse of ``params``; rejects unknown names and out-of-range values (ValueError)."""
+        unknown = set(params) - {f for f, _, _ in _BOUNDS}
+        if unknown:
+            raise ValueError(f"adaptive config: unknown parameters {sorted(unknown)}")
+        kw = {k: int(v) for k, v in params.items()}
+        for k in ("match", "init"):
+            if k in kw:
+                if kw[k] not in (0, 1):
+                    raise ValueError(f"adaptive config: {k} must be 0 or 1")
+                kw[k] = bool(kw[k])
+        return cls(**kw)
 
     @property
     def n_classes(self) -> int:
