@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -233,25 +236,35 @@ def test_encode_accepts_bytearray_and_memoryview(tiny_tok):
     assert tiny_tok.decode(tiny_tok.encode(memoryview(b"hello"))) == b"hello"
 
 
-def test_fallback_when_llama_cpp_misspells(tiny_model, tiny_vocab):
-    """A tokenizer that returns wrong ids must not lose a byte: split, then bytes."""
+def test_fallback_when_backend_misspells(tiny_model, tiny_vocab):
+    """A back end that returns wrong ids must not lose a byte: split, then bytes."""
 
     class Liar:
-        def tokenize(self, run, add_bos=False, special=False):
+        def tokenize(self, run):
             return [int(tiny_vocab.byte_ids[ord("z")])] * len(run) if b"q" in run else [int(tiny_vocab.byte_ids[b]) for b in run]
 
     tok = Tokenizer(tiny_model, tiny_vocab)
-    tok._llama = Liar()
+    tok._backend = Liar()
     data = b"hello world, " * 5 + b"q" + b" more text here" * 3
     ids = roundtrip(tok, data)
     assert len(ids) == len(data)
     assert tok.n_fallback_runs > 0
 
 
-def test_decode_never_loads_llama(tiny_model, tiny_vocab):
+def test_decode_never_builds_a_backend(tiny_model, tiny_vocab):
     tok = Tokenizer(tiny_model, tiny_vocab)
     assert tok.decode([1, 2, 3]) == tiny_vocab.decode([1, 2, 3])
-    assert tok._llama is None
+    assert tok._backend is None
+
+
+def test_default_backend_is_tokenizers(tiny_tok):
+    tiny_tok.encode(b"x")
+    assert tiny_tok.backend.name == "tokenizers"
+
+
+def test_unknown_backend_name(tiny_model):
+    with pytest.raises(ValueError):
+        Tokenizer(tiny_model, backend="sentencepiece")
 
 
 # ---------------------------------------------------------------- real model
@@ -335,3 +348,199 @@ def test_pieces_match_llama_token_to_piece(default_model_path, real_vocab):
         checked += 1
     assert checked > 3500 and long_ids
     llm.close()
+
+
+# ---------------------------------------------------------------- tokenizers back end == llama.cpp
+#
+# The default back end (Hugging Face tokenizers behind a re-creation of llama.cpp's
+# pre-tokenizer, tinylmz/bpe.py) must give llama.cpp's ids: these tests need the llama extra
+# (CI installs it).
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT_FILES = sorted((ROOT / "tests" / "data").glob("*.txt"))
+_ALICE = ROOT.parent / "shared" / "corpus" / "alice29.txt"  # the benchmark file, where the checkout has it
+if _ALICE.is_file():
+    TEXT_FILES.append(_ALICE)
+
+TRICKY = [
+    b"0 1 12 123 1234 12345 3.14159 1,000,000 -42 +7e10 0x1F 2026-12-02T13:37:00Z v1.2.3",
+    "\u0661\u0662\u0663 \u00b2\u00b3 \u216b \u0967\u0968 \uff11\uff12".encode(),  # Arabic-Indic, superscript, Roman, Devanagari, fullwidth digits
+    b"a  b   c    d\t\te \t f\n\n\ng   \n  h \x0b\x0c i\r\n\r\n  \r\n",
+    b"trailing spaces   ",
+    b"   leading spaces",
+    b"\n" * 7 + b" " * 9 + b"\t" * 3,
+    "emoji 😀👍🏽👨‍👩‍👧 flags 🇫🇷 中文字符 日本語のテキスト 한국어 Ελληνικά русский עברית العربية".encode(),
+    "combining e\u0301 a\u0308 \u00a0nbsp\u2003em\u3000ideographic \u200bzwsp \u2028ls \x85nel \x1cfs".encode(),
+    b"<|endoftext|>",
+    b"text<|endoftext|>more <|im_start|>user\nhi<|im_end|> <repo_name> <|endoftext|",
+    b"I'll don't we've they're 'S' THEY'RE it's ''quoted'' '",
+    b"line one\r\nline two\r\n\r\nline four\rold mac\n",
+    b"broken \xff\xfe utf-8 \xe2\x82 and \xc3( and \xed\xa0\x80 surrogate, \xf0\x9f\x98 cut",
+    b"ctrl \x00\x01\x04\x06\x13\x1d\x1f\x7f end",
+    b"def f(x):\n    return {'a': [1, 2, 3]}  # comment\n\n\tif x == -1: pass\n",
+    "\U00010d40\U00010d41  \U00010d42 Unicode 16 digits (not digits to llama.cpp)".encode(),
+    "\U0002ebf0\U0002ebf1 Unicode 15.1 ideographs, \U00040000 plane 4".encode(),
+    b"=" * 100 + b"-" * 33 + b" " * 70 + b"#" * 5,
+]
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    import llama_cpp  # the llama extra; CI installs it, so this is never skipped there
+
+    return llama_cpp
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_tok(llama_cpp, tiny_model, tiny_vocab) -> Tokenizer:
+    return Tokenizer(tiny_model, tiny_vocab, backend="llama")
+
+
+@pytest.fixture(scope="module")
+def real_llama_tok(llama_cpp, default_model_path, real_vocab) -> Tokenizer:
+    return Tokenizer(default_model_path, real_vocab, backend="llama")
+
+
+def same_ids(a: Tokenizer, b: Tokenizer, data: bytes) -> np.ndarray:
+    ids = roundtrip(a, data)
+    assert a.backend.name == "tokenizers" and b.backend.name == "llama.cpp"
+    ref = b.encode(data)
+    if ids.tolist() != ref.tolist():
+        i = next((k for k, (x, y) in enumerate(zip(ids.tolist(), ref.tolist())) if x != y), min(len(ids), len(ref)))
+        pytest.fail(f"ids differ from llama.cpp's at token {i}: {ids[i:i + 8].tolist()} vs {ref[i:i + 8].tolist()}")
+    return ids
+
+
+@pytest.mark.parametrize("data", SPECIAL_CASES + TRICKY + [tinymodel.TRAINING_TEXT.encode()])
+def test_tiny_same_ids_as_llama(tiny_tok, tiny_llama_tok, data):
+    same_ids(tiny_tok, tiny_llama_tok, data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=120) | st.text(alphabet=" \t\n\r\x0b0123456789aA'sé😀.,-_<|>\u00a0\u3000", max_size=60))
+def test_tiny_backend_matches_llama_on_text(tiny_tok, tiny_llama_tok, text):
+    # The back ends themselves (no fallback in between), on any valid text.
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        return  # surrogates are not valid UTF-8: they never reach a back end
+    run = text.encode("utf-8")
+    assert tiny_tok.backend.tokenize(run) == tiny_llama_tok.backend.tokenize(run)
+
+
+def _pre_text() -> bytes:
+    return b"".join(TRICKY[:8]) + tinymodel.TRAINING_TEXT.encode()[:1500]
+
+
+@pytest.mark.parametrize("pre", sorted(__import__("tinylmz.bpe", fromlist=["PRE_TYPES"]).PRE_TYPES))
+def test_every_supported_pre_type_matches_llama(llama_cpp, tmp_path, pre):
+    """Each pre-tokenizer name the built-in back end accepts gives llama.cpp's ids."""
+    path = tinymodel.write_tiny_gguf(tmp_path / f"{pre}.gguf", pre=pre)
+    ours, ref = Tokenizer(path, backend="tokenizers"), Tokenizer(path, backend="llama")
+    assert ours.backend.pre == pre
+    same_ids(ours, ref, _pre_text())
+
+
+@pytest.mark.parametrize("pre", [None, "default", "llama3", "qwen2", "deepseek-llm"])
+def test_unsupported_pre_type_is_a_clear_error(tmp_path, pre):
+    path = tinymodel.write_tiny_gguf(tmp_path / "m.gguf", pre=pre)
+    tok = Tokenizer(path, backend="tokenizers")
+    with pytest.raises(ModelError, match=r"pre-tokenizer .* not supported .*tinylmz\[llama\]"):
+        tok.encode(b"hello")
+
+
+def test_unsupported_pre_type_falls_back_to_llama_when_installed(llama_cpp, tmp_path):
+    path = tinymodel.write_tiny_gguf(tmp_path / "m.gguf", pre="llama3")
+    tok = Tokenizer(path)  # auto
+    roundtrip(tok, b"hello world 123")
+    assert tok.backend.name == "llama.cpp"
+
+
+def test_sentencepiece_vocab_is_a_clear_error(tmp_path):
+    from tinylmz.bpe import HFBackend
+
+    with pytest.raises(ModelError, match=r"'llama' is not supported .*tinylmz\[llama\]"):
+        HFBackend({"tokenizer.ggml.model": b"llama", "tokenizer.ggml.tokens": [b"a"]}, user_defined={})
+
+
+def test_user_defined_tokens_split_like_llama(llama_cpp, tmp_path):
+    """USER_DEFINED tokens are matched in text (longest first) by llama.cpp even with special=False."""
+    path = tinymodel.write_tiny_gguf(tmp_path / "ud.gguf", user_defined=["<tag>", "<tag><tag>", "wood"])
+    ours, ref = Tokenizer(path, backend="tokenizers"), Tokenizer(path, backend="llama")
+    data = b"a <tag> b<tag><tag><tag>c woodchuck wood <ta <tag>\n<|endoftext|>"
+    ids = same_ids(ours, ref, data)
+    tag2 = ours.vocab.n_vocab - 2
+    assert tag2 in ids.tolist() and ours.vocab.start_id not in ids.tolist()
+
+
+def test_unicode_classes_are_llama_cpps(llama_cpp):
+    """The letter/number/whitespace classes of tinylmz/unicode_classes.py are llama.cpp's, code point by code point."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_unicode_classes
+    finally:
+        sys.path.pop(0)
+    from tinylmz import unicode_classes
+
+    ref = gen_unicode_classes.classes()
+    for name, ranges in ref.items():
+        ours = [tuple(int(x, 16) for x in (item.split("-") * 2)[:2]) for item in getattr(unicode_classes, name).split()]
+        assert ours == ranges, name
+
+
+def test_default_install_needs_no_llama_cpp(tiny_model, tmp_path):
+    """With llama_cpp unimportable, the default tokenizer and the portable engine still compress and decompress."""
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None\n"  # import llama_cpp now raises ImportError
+        "import tinylmz\n"
+        "from tinylmz.tokens import Tokenizer\n"
+        f"m = {str(tiny_model)!r}\n"
+        "data = 'The quick brown fox <|endoftext|> 123\\n'.encode() * 20 + b'\\xff'\n"
+        "blob = tinylmz.compress(data, model=m)\n"
+        "assert tinylmz.decompress(blob, model=m) == data\n"
+        "try:\n"
+        "    Tokenizer(m, backend='llama').encode(b'xy')\n"
+        "except tinylmz.ModelError as e:\n"
+        "    print('ERR', e)\n"
+        "from tinylmz.engine_llama import LlamaEngine\n"
+        "try:\n"
+        "    LlamaEngine(m, seg_len=16)\n"
+        "except tinylmz.ModelError as e:\n"
+        "    print('ERR', e)\n"
+        "print('llama_cpp' in sys.modules and sys.modules['llama_cpp'] is not None)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "False"
+    for line in lines[-3:-1]:  # the tokenizer's and the engine's message: one line naming the extra
+        assert line.startswith("ERR ") and 'pip install "tinylmz[llama]"' in line, line
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", TEXT_FILES, ids=[p.name for p in TEXT_FILES])
+def test_real_same_ids_as_llama_on_files(real_tok, real_llama_tok, path):
+    ids = same_ids(real_tok, real_llama_tok, path.read_bytes())
+    assert real_tok.n_fallback_runs == 0 and len(ids) > 1000
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("data", SPECIAL_CASES + TRICKY)
+def test_real_same_ids_as_llama_tricky(real_tok, real_llama_tok, data):
+    ids = same_ids(real_tok, real_llama_tok, data)
+    assert real_tok.vocab.start_id not in ids.tolist()
+
+
+@pytest.mark.integration
+def test_real_same_ids_as_llama_every_code_point(real_tok, real_llama_tok):
+    """Every code point, in contexts where its class (letter, digit, space, other) decides the split."""
+    ours, ref = real_tok.backend, real_llama_tok.backend
+    cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    bad = []
+
+    def text(group):
+        return "".join(f"x{c} {c}{c}1{c}a'{c}  {c}\n.{c}" for c in map(chr, group)).encode()
+
+    for i in range(0, len(cps), 4096):
+        group = cps[i : i + 4096]
+        if ours.tokenize(text(group)) != ref.tokenize(text(group)):
+            bad += [c for c in group if ours.tokenize(text([c])) != ref.tokenize(text([c]))]
+    assert not bad, [hex(c) for c in bad[:20]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import gguf
@@ -110,11 +111,15 @@ def learn_bpe(text: str = TRAINING_TEXT, n_merges: int = N_MERGES) -> tuple[list
     return tokens, merges
 
 
-def vocab() -> tuple[list[str], list[int], list[str]]:
-    """(tokens, token_types, merges) of the tiny model's tokenizer."""
+def vocab(user_defined: Sequence[str] = ()) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token_types, merges) of the tiny model's tokenizer.
+
+    ``user_defined`` texts are appended as USER_DEFINED tokens (llama.cpp matches them in
+    text even with ``special=False``; the built-in tokenizer must do the same)."""
     bpe_tokens, merges = learn_bpe()
-    tokens = [EOT] + bpe_tokens
-    types = [int(gguf.TokenType.CONTROL)] + [int(gguf.TokenType.NORMAL)] * len(bpe_tokens)
+    tokens = [EOT] + bpe_tokens + list(user_defined)
+    types = ([int(gguf.TokenType.CONTROL)] + [int(gguf.TokenType.NORMAL)] * len(bpe_tokens)
+             + [int(gguf.TokenType.USER_DEFINED)] * len(user_defined))
     return tokens, types, merges
 
 
@@ -128,15 +133,17 @@ def _add(w: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: Q) -> None:
 
 
 def write_tiny_gguf(path: str | Path, *, seed: int = 0, n_embd: int = N_EMBD, n_head: int = N_HEAD,
-                    n_head_kv: int = N_HEAD_KV) -> Path:
+                    n_head_kv: int = N_HEAD_KV, pre: str | None = "smollm",
+                    user_defined: Sequence[str] = ()) -> Path:
     """Write the tiny model to ``path`` (same bytes for the same seed) and return it.
 
     ``n_embd``/``n_head``/``n_head_kv`` change its shape (e.g. 128/2/1: heads of 64, the real
-    models' size, which the native kernel's lane-wise attention paths need)."""
+    models' size, which the native kernel's lane-wise attention paths need).  ``pre`` is its
+    ``tokenizer.ggml.pre`` (None: no such key), ``user_defined`` extra USER_DEFINED tokens."""
     path = Path(path)
     head_dim = n_embd // n_head
     rng = np.random.default_rng(seed)
-    tokens, types, merges = vocab()
+    tokens, types, merges = vocab(user_defined)
     n_vocab = len(tokens)
 
     w = gguf.GGUFWriter(path, "llama")
@@ -157,7 +164,8 @@ def write_tiny_gguf(path: str | Path, *, seed: int = 0, n_embd: int = N_EMBD, n_
     w.add_add_space_prefix(False)
     w.add_add_bos_token(False)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

@@ -124,7 +124,7 @@ class LlamaEngine:
         try:
             import llama_cpp
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ModelError(f"the llama engine needs llama-cpp-python: {e}") from e
+            raise ModelError(f'the llama engine needs llama-cpp-python: pip install "tinylmz[llama]" ({e})') from e
         if seg_len < 1:
             raise ValueError("seg_len must be at least 1")
         self._lc = llama_cpp

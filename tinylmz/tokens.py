@@ -3,8 +3,13 @@
 The decoder never tokenizes: an id stands for a fixed byte string (its *piece*),
 taken from the GGUF vocabulary, and decoding is plain concatenation of pieces.
 The encoder may therefore emit any ids whose pieces concatenate to the input;
-it uses llama.cpp's tokenizer on valid UTF-8 runs (so the model sees the token
-sequences it was trained on) and single-byte tokens for everything else.
+it tokenizes valid UTF-8 runs as llama.cpp does (so the model sees the token
+sequences it was trained on) and uses single-byte tokens for everything else.
+By default that is Hugging Face ``tokenizers`` built from the GGUF's vocabulary
+and merges behind llama.cpp's pre-tokenizer (``tinylmz.bpe``: same ids as
+llama.cpp, no compiler needed); llama.cpp itself is the reference and the
+back end for vocabularies the first does not cover.  Tokenizing may change
+between library versions; decoding never depends on it.
 
 Piece table rules (``Vocab.pieces``), per ``tokenizer.ggml.model``:
 
@@ -33,7 +38,6 @@ longer than 32 bytes and rewrites invalid UTF-8.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import mmap
 import os
@@ -441,60 +445,97 @@ def _char_boundary(run: bytes, i: int) -> int:
     return i
 
 
+_BPE_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges")
+
+
+def _split_pattern(extra_bytes: bytes) -> "re.Pattern[str]":
+    """Invalid UTF-8 plus every character whose encoding uses a byte in ``extra_bytes``.
+
+    Only ASCII and lead bytes are looked at (a missing continuation byte would need a
+    scattered set; the verified fallback covers it).
+    """
+    parts = ["\udc80-\udcff"]
+    for b in extra_bytes:
+        if b < 0x80:
+            parts.append(re.escape(chr(b)))
+        elif 0xC2 <= b <= 0xDF:  # 2-byte lead: U+0080..U+07FF
+            lo = (b - 0xC0) << 6
+            parts.append(f"{re.escape(chr(lo))}-{re.escape(chr(lo + 0x3F))}")
+        elif 0xE0 <= b <= 0xEF:  # 3-byte lead
+            lo = max((b - 0xE0) << 12, 0x800)
+            parts.append(f"{re.escape(chr(lo))}-{re.escape(chr(((b - 0xE0) << 12) + 0xFFF))}")
+        elif 0xF0 <= b <= 0xF4:  # 4-byte lead
+            lo = max((b - 0xF0) << 18, 0x10000)
+            parts.append(f"{re.escape(chr(lo))}-{re.escape(chr(min(((b - 0xF0) << 18) + 0x3FFFF, 0x10FFFF)))}")
+    return re.compile(f"[{''.join(parts)}]+") if len(parts) > 1 else _ESCAPED
+
+
 class Tokenizer:
     """Bytes -> ids whose pieces concatenate to exactly those bytes.
 
-    Valid UTF-8 runs go through llama.cpp's tokenizer (the model loaded
-    vocab-only, lazily on first use, ``special=False`` so literal
-    ``<|endoftext|>`` text stays text); invalid bytes, and any run whose
-    llama.cpp tokens do not spell it back exactly, become single-byte tokens.
-    ``encode`` never fails on any input and never loses a byte.
+    Valid UTF-8 runs go to a tokenizer back end (``tinylmz.bpe``), built lazily on the
+    first ``encode`` (decoding never builds one): ``backend="tokenizers"`` (Hugging Face
+    ``tokenizers`` from the GGUF's vocabulary and merges, llama.cpp's ids without
+    llama.cpp), ``"llama"`` (llama.cpp itself, the ``llama`` extra), or ``"auto"``
+    (default: ``tokenizers`` where it supports the vocabulary, else llama.cpp if
+    installed, else a ``ModelError`` naming the extra).  Neither turns literal
+    ``<|endoftext|>`` text into a control id.  Invalid bytes, and any run whose ids do
+    not spell it back exactly, become single-byte tokens.  ``encode`` never fails on any
+    input and never loses a byte.
     """
 
-    def __init__(self, model_path: str | os.PathLike, vocab: Vocab | None = None):
+    BACKENDS = ("auto", "tokenizers", "llama")
+
+    def __init__(self, model_path: str | os.PathLike, vocab: Vocab | None = None, *, backend: str = "auto"):
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown tokenizer backend {backend!r} (choose {', '.join(self.BACKENDS)})")
         self.model_path = str(model_path)
         self.vocab = vocab if vocab is not None else Vocab.from_gguf(self.model_path)
-        self._llama = None
+        self.backend_name = backend
+        self._backend = None
         self._lock = threading.Lock()
-        self.n_fallback_runs = 0  # pieces llama.cpp could not spell exactly (diagnostics)
-        # Characters with no single-byte token of the model's own are never handed to llama.cpp
-        # (it drops e.g. U+0004): they are split off like invalid bytes and spelled with extra symbols.
-        extra_ascii = "".join(re.escape(chr(b)) for b in self.vocab.extra_bytes if b < 0x80)
-        self._split = re.compile(f"[\udc80-\udcff{extra_ascii}]+") if extra_ascii else _ESCAPED
+        self.n_fallback_runs = 0  # runs the back end could not spell exactly (diagnostics)
+        # Characters whose UTF-8 needs a byte the vocabulary has no token for are never handed to
+        # the back end (both drop them, e.g. U+0004): they are split off like invalid bytes and
+        # spelled with extra symbols.
+        self._split = _split_pattern(self.vocab.extra_bytes)
 
-    def _tokenizer(self):
-        if self._llama is None:
+    @property
+    def backend(self):
+        """The back end (built on first use)."""
+        if self._backend is None:
             with self._lock:
-                if self._llama is None:
-                    try:
-                        import llama_cpp
-                    except ImportError as e:  # pragma: no cover - depends on the install
-                        raise ModelError(f"llama-cpp-python is needed to tokenize: {e}") from e
-                    try:
-                        with quiet_stderr():
-                            llm = llama_cpp.Llama(model_path=self.model_path, vocab_only=True, verbose=False)
-                    except Exception as e:  # llama-cpp-python raises ValueError/RuntimeError
-                        raise ModelError(f"llama.cpp cannot load the vocabulary of {self.model_path}: {e}") from e
-                    if llm.n_vocab() != self.vocab.n_vocab:
-                        raise ModelError(
-                            f"llama.cpp sees {llm.n_vocab()} tokens in {self.model_path}, the GGUF metadata {self.vocab.n_vocab}"
-                        )
-                    self._llama = llm
-                    # free it before interpreter teardown, when llama-cpp-python's __del__ would fail noisily
-                    atexit.register(llm.close)
-        return self._llama
+                if self._backend is None:
+                    self._backend = self._make_backend()
+        return self._backend
+
+    def _make_backend(self):
+        from . import bpe
+
+        v = self.vocab
+        if self.backend_name == "llama":
+            return bpe.LlamaBackend(self.model_path, v.n_vocab)
+        meta = read_gguf_metadata(self.model_path, _BPE_KEYS)
+        user = {p: i for i, p in enumerate(v.pieces[: v.n_vocab])
+                if v.token_type[i] == TOKEN_USER_DEFINED and p and i != v.start_id}
+        try:
+            return bpe.HFBackend(meta, user_defined=user, path=self.model_path)
+        except ModelError:
+            if self.backend_name == "auto" and bpe.llama_available():
+                return bpe.LlamaBackend(self.model_path, v.n_vocab)
+            raise
 
     def _encode_run(self, run: bytes) -> list[int]:
-        """Ids for a valid UTF-8 run via llama.cpp, verified.
+        """Ids for a valid UTF-8 run via the back end, verified.
 
-        If llama.cpp's ids do not spell the run exactly, the run is split in two
-        at a character boundary and each half retried, down to byte tokens for
-        runs of at most 16 bytes, so one odd character costs little compression.
+        If the ids do not spell the run exactly, the run is split in two at a character
+        boundary and each half retried, down to byte tokens for runs of at most 16 bytes,
+        so one odd character costs little compression.
         """
         vocab = self.vocab
         if len(run) == 1:
             return [int(vocab.byte_ids[run[0]])]
-        ids = self._tokenizer().tokenize(run, add_bos=False, special=False)
+        ids = self.backend.tokenize(run)
         pieces = vocab.pieces
         try:
             ids = [i for i in ids if 0 <= i < vocab.n_vocab and pieces[i]]  # drop ids that spell nothing
