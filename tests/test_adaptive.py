@@ -219,3 +219,110 @@ def test_config_round_trips_and_is_bounded():
     for bad in ({"ngram_bits": 40}, {"orders": 9}, {"match": 2}, {"hist_bits": 3}, {"colour": 1}):
         with pytest.raises(ValueError):
             Config.from_params({**Config().params(), **bad})
+
+
+class SpecModel:
+    """FORMAT.md §8 transcribed on its own (plain lists, written from the text, not the module)."""
+
+    def __init__(self, orders=4, ngram_bits=14, match=True, match_min=3, match_bits=14, hist_bits=14,
+                 decay=8, prior=32, init=True):
+        self.o, self.nb, self.match, self.mm, self.mb, self.H = orders, ngram_bits, match, match_min, match_bits, 1 << hist_bits
+        self.decay, self.prior = decay, prior
+        self.n, self.hist, self.ptr, self.len = 0, [0] * self.H, 0, 0
+        self.tab = [[[0, 0, 0] for _ in range(1 << ngram_bits)] for _ in range(orders)]  # (tok, chk, cnt)
+        self.mt = [0] * (1 << match_bits)
+        ncls = 96 + 24 * orders
+        init_b = (1 << 14, 3 << 13, 1 << 15, 3 << 14, 1 << 16, 3 << 15)
+        self.B = [init_b[c % 6] if init else 0 for c in range(ncls)]
+        self.C = [0] * ncls
+        self.t = []
+
+    def hashes(self):
+        hs, h = [], 0
+        for k in range(1, min(self.n, max(self.o, self.mm)) + 1):
+            x = ((h ^ (self.t[self.n - k] + 1)) * 0x9E3779B1) & 0xFFFFFFFF
+            h = x ^ (x >> 15)
+            hs.append(h)
+        return hs
+
+    def propose(self, L):
+        m, n_vocab, props = int(max(L)), len(L), []
+        hs = self.hashes()
+        if self.len > 0:
+            props.append((self.hist[self.ptr % self.H], (min(self.len, 16) - 1) * 6))
+        for k in range(1, min(self.o, self.n) + 1):
+            tok, chk, cnt = self.tab[k - 1][hs[k - 1] >> (32 - self.nb)]
+            if cnt > 0 and chk == hs[k - 1] & 0xFFFF:
+                props.append((tok, 96 + ((k - 1) * 4 + min(cnt, 8).bit_length() - 1) * 6))
+        props = [(x, c + sum(1 for e in (1, 256, 512, 1024, 2048) if e <= m - int(L[x])))
+                 for x, c in props if x < n_vocab]
+        Lp = [int(v) for v in L]
+        for x in dict.fromkeys(x for x, _ in props):
+            Lp[x] = max(-(1 << 24), min(1 << 24, int(L[x]) + sum(self.B[c] >> 8 for z, c in props if z == x)))
+        self.props = props
+        return np.array(Lp, dtype=np.int32)
+
+    def learn(self, y, cum):
+        T = 1 << 28
+        for x, c in self.props:
+            f = int(cum[x + 1] - cum[x])
+            self.C[c] += ((f * (T - f)) >> 28) - (self.C[c] >> self.decay)
+            self.B[c] = max(-(1 << 20), min(1 << 20, self.B[c] + ((T * (x == y) - f) * 65536) // (self.C[c] + (T * self.prior >> 4))))
+        self.observe(y)
+
+    def observe(self, y):
+        hs = self.hashes()
+        for k in range(1, min(self.o, self.n) + 1):
+            slot = self.tab[k - 1][hs[k - 1] >> (32 - self.nb)]
+            q = hs[k - 1] & 0xFFFF
+            if slot[1] != q:
+                slot[:] = [y, q, 1]
+            elif slot[0] == y:
+                slot[2] = min(slot[2] + 1, 255)
+            else:
+                slot[2] >>= 1
+                if slot[2] == 0:
+                    slot[0], slot[2] = y, 1
+        if self.len > 0 and self.hist[self.ptr % self.H] == y:
+            self.len, self.ptr = min(self.len + 1, 65535), self.ptr + 1
+        else:
+            self.len = 0
+        self.hist[self.n % self.H] = y
+        self.n += 1
+        self.t.append(y)
+        if self.match and self.n >= self.mm:
+            j = self.hashes()[self.mm - 1] >> (32 - self.mb)
+            p = self.mt[j]
+            if self.len == 0 and p > 0 and self.n - p < self.H:
+                l = 0
+                for i in range(1, 17):
+                    if not (i <= p and self.hist[(p - i) % self.H] == self.hist[(self.n - i) % self.H]):
+                        break
+                    l += 1
+                if l >= self.mm:
+                    self.len, self.ptr = l, p
+            self.mt[j] = self.n
+        if self.len > 0 and self.n - self.ptr >= self.H:
+            self.len = 0
+
+
+@pytest.mark.parametrize("kw", [{}, {"orders": 2, "match_min": 5, "hist_bits": 6, "init": False}])
+def test_module_follows_the_written_spec(kw):
+    """The module and FORMAT.md §8 transcribed independently give the same biased rows."""
+    ids = token_sequence(900, 14)
+    st, spec = AdaptiveState(Config(**kw)), SpecModel(**kw)
+    spec_ctx = token_sequence(200, 15)
+    st.prime(spec_ctx)
+    for t in spec_ctx:
+        spec.observe(t)
+    hist: list[int] = []
+    for j, y in enumerate(ids):
+        L = freqs.fixed_logits(synthetic_logits(j, hist))
+        want = spec.propose(L)
+        got = st.adjust(L)
+        assert np.array_equal(got, want), j
+        cum = freqs.cumulative(adaptive.as_logits(got), WIDTH)[0]
+        st.update(y, cum)
+        spec.learn(y, cum)
+        hist.append(y)
+    assert list(st.B) == spec.B and list(st.C) == spec.C
