@@ -180,9 +180,9 @@ def bench_tinylmz(context: bytes, test: list[bytes], model, engine: str, profile
 
         prof = cProfile.Profile()
         prof.enable()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     frames = [codec.compress(r) for r in test]
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     if prof:
         prof.disable()
         _print_profile(prof, "compress")
@@ -195,9 +195,9 @@ def bench_tinylmz(context: bytes, test: list[bytes], model, engine: str, profile
     if profile:
         prof = __import__("cProfile").Profile()
         prof.enable()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     back = codec.decompress_many(frames)
-    ddt = time.perf_counter() - t0
+    ddt, dcpu = time.perf_counter() - t0, time.process_time() - c0
     if prof:
         prof.disable()
         _print_profile(prof, "decompress_many")
@@ -210,6 +210,8 @@ def bench_tinylmz(context: bytes, test: list[bytes], model, engine: str, profile
             "compress_rec_s": len(test) / dt, "decompress_rec_s": n_single / dt1 if n_single else None,
             "decompress_many_rec_s": len(test) / ddt, "decompress_many_tok_s": n_tokens / ddt,
             "tokens_per_record": n_tokens / len(test), "context_tokens": ctx_tokens,
+            # CPU seconds (all threads) per record: comparable across runs on a shared machine
+            "compress_cpu_ms": 1000 * cpu / len(test), "decompress_many_cpu_ms": 1000 * dcpu / len(test),
             "load_s": t_load, "prefix_s": t_prefix, "methods": methods}
 
 
@@ -269,7 +271,9 @@ def main(argv=None) -> int:
         for row in r["rows"]:
             if "decompress_many_tok_s" in row:
                 print(f"  tinylmz: decompress_many {row['decompress_many_rec_s']:.1f} records/s, "
-                      f"{row['decompress_many_tok_s']:.1f} tokens/s; {row['tokens_per_record']:.1f} tokens/record, "
+                      f"{row['decompress_many_tok_s']:.1f} tokens/s; CPU per record: compress "
+                      f"{row['compress_cpu_ms']:.0f} ms, decompress_many {row['decompress_many_cpu_ms']:.0f} ms; "
+                      f"{row['tokens_per_record']:.1f} tokens/record, "
                       f"context {row['context_tokens']} tokens "
                       f"(prefill {row['prefix_s']:.2f} s, load {row['load_s']:.2f} s); methods {row['methods']}")
             if "dictionary" in row:
