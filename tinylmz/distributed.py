@@ -284,13 +284,14 @@ class Pipeline:
 
 def _result(fut):
     from distributed import KilledWorker
+    from distributed.comm import CommClosedError
 
     try:
         return fut.result()
     except KilledWorker as e:  # the scheduler reran it on allowed-failures workers, and each died
         raise ClusterError(f"workers kept dying while running {e.args[0] if e.args else 'a task'}; "
                            "see the workers' logs") from None
-    except (OSError, TimeoutError) as e:
+    except CommClosedError as e:  # not an OSError of the task itself: those come back as they are
         raise ClusterError(f"lost the connection to the scheduler: {e}") from None
 
 
