@@ -89,3 +89,42 @@ def test_round_trip_with_windows_and_many_blocks(tiny_model, no_lzma):
     assert r.version == 2 and r.header.window == 512
     assert all(b.method == container.MODEL for b in r.blocks())
     assert tinylmz.decompress(blob, model=str(tiny_model)) == data
+
+
+@pytest.mark.parametrize("context", [None, b"A context the adaptive models are primed with. " * 4])
+def test_round_trip_with_adaptive_models(tiny_model, no_lzma, context):
+    from tinymodel import TRAINING_TEXT
+
+    data = TRAINING_TEXT.encode() * 2  # the second copy repeats the first: the match model's case
+    on = tinylmz.compress(data, model=str(tiny_model), segment_tokens=1500, window=512, context=context)
+    off = tinylmz.compress(data, model=str(tiny_model), segment_tokens=1500, window=512, context=context, adaptive=0)
+    assert container.Reader(__import__("io").BytesIO(on)).header.adaptive == 1
+    assert container.Reader(__import__("io").BytesIO(off)).header.adaptive == 0
+    assert len(on) < 0.9 * len(off)
+    for blob in (on, off):
+        assert tinylmz.decompress(blob, model=str(tiny_model), context=context) == data
+
+
+def test_unknown_adaptive_set_is_refused(tiny_model):
+    blob = bytearray(tinylmz.compress(b"hello there", model=str(tiny_model)))
+    import zlib
+    import struct
+
+    h = container.Header.read_v2(iter_take(bytes(blob[5:])))
+    h.adaptive = 5
+    body = container.MAGIC + b"\x02" + h.to_bytes()
+    rest = bytes(blob[5 + len(h.to_bytes()) + 2 :])
+    forged = body + struct.pack("<H", zlib.crc32(body) & 0xFFFF) + rest
+    with pytest.raises(tinylmz.TinylmzError, match="adaptive"):
+        tinylmz.decompress(forged, model=str(tiny_model))
+
+
+def iter_take(buf: bytes):
+    pos = [0]
+
+    def take(n):
+        b = buf[pos[0] : pos[0] + n]
+        pos[0] += n
+        return b
+
+    return take

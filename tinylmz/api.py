@@ -38,21 +38,22 @@ def _engine(model_sha: str, model_path: str, model_name: str, engine: str, segme
 
 @functools.lru_cache(maxsize=8)
 def _session(model_sha: str, model_path: str, model_name: str, engine: str, segment_tokens: int,
-             context: bytes | None, params_key: str | None, window: int | None):
+             context: bytes | None, params_key: str | None, window: int | None, adaptive: int = 0):
     # the portable engine does not depend on the segment length: one engine (and one copy of
     # the weights) serves every segment length and window
     seg_key, key = (segment_tokens, params_key) if engine != "portable" else (0, None)  # checked by the caller
     model, eng = _engine(model_sha, model_path, model_name, engine, seg_key, key)
-    return Session(model, eng, segment_tokens=segment_tokens, context=context, window=window)
+    return Session(model, eng, segment_tokens=segment_tokens, context=context, window=window, adaptive=adaptive)
 
 
 def get_session(model, engine: str, segment_tokens: int, context: bytes | None, params: dict | None = None,
-                window: int | None = None) -> Session:
+                window: int | None = None, adaptive: int = 0) -> Session:
     """A cached Session (loading an engine takes seconds; reuse it across calls)."""
     import json
 
     key = json.dumps(params, sort_keys=True) if params is not None else None
-    return _session(model.sha256, str(model.path), model.name, engine, segment_tokens, context or None, key, window)
+    return _session(model.sha256, str(model.path), model.name, engine, segment_tokens, context or None, key, window,
+                    adaptive)
 
 
 class Compressor:
@@ -65,7 +66,7 @@ class Compressor:
 
     def __init__(self, fileobj, *, model=None, engine: str | None = None, context: bytes | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int | None = None,
-                 window: int | None = None, format_version: int = container.VERSION,
+                 window: int | None = None, format_version: int = container.VERSION, adaptive: int | None = None,
                  progress: Progress | None = None, measure: bool = False) -> None:
         from . import registry
 
@@ -78,8 +79,12 @@ class Compressor:
             if window is not None and format_version == 1:
                 raise TinylmzError("a window needs format version 2")
             window = None
-            segment_tokens = segment_tokens or DEFAULT_SEGMENT_TOKENS
+            if adaptive and (format_version == 1 or engine != "portable"):
+                raise TinylmzError("adaptive models need format version 2 and the portable engine")
+            adaptive = 0
+            segment_tokens = segment_tokens or DEFAULT_SEGMENT_TOKENS  # whole streams in view: short ones
         else:
+            adaptive = codec.V2_ADAPTIVE if adaptive is None else adaptive
             segment_tokens = segment_tokens or codec.V2_SEGMENT_TOKENS
             window = window or codec.V2_WINDOW
             if window < 2 * codec.WINDOW_STEP or window % codec.WINDOW_STEP:
@@ -90,7 +95,7 @@ class Compressor:
         if segment_tokens < 1:
             raise TinylmzError("segment length must be at least 1 token")
         resolved = registry.resolve(model if model is None else str(model))
-        self.session = get_session(resolved, engine, segment_tokens, context, window=window)
+        self.session = get_session(resolved, engine, segment_tokens, context, window=window, adaptive=adaptive)
         self.version = format_version
         self.header = Header(
             model={"name": resolved.name, "sha256": resolved.sha256},
@@ -101,6 +106,7 @@ class Compressor:
             context=codec.context_identity(context),
             version=format_version,
             window=window,
+            adaptive=adaptive,
         )
         self._f = fileobj
         self._buf = bytearray()
@@ -158,7 +164,8 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
 
     def session() -> Session:
         model_file = codec.resolve_for_header(h, model)
-        s = get_session(model_file, h.engine["name"], h.segment_tokens, context, h.engine.get("params"), h.window)
+        s = get_session(model_file, h.engine["name"], h.segment_tokens, context, h.engine.get("params"), h.window,
+                        h.adaptive)
         s.engine.check_params(h.engine.get("params") or {}, force=force)
         if s.vocab.start_id != h.start_id:
             raise FormatError("header start token does not match the model")
@@ -227,7 +234,8 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
 
 def compress(data: bytes, *, model=None, engine: str | None = None, context: bytes | None = None,
              block_size: int = DEFAULT_BLOCK_SIZE, segment_tokens: int | None = None, window: int | None = None,
-             format_version: int = container.VERSION, threads: int | None = None) -> bytes:
+             format_version: int = container.VERSION, adaptive: int | None = None,
+             threads: int | None = None) -> bytes:
     """Compress ``data`` into .tlmz bytes (default model, portable engine, format version 2).
 
     ``threads``: kernel threads (default: chosen by measuring; the output never depends on it).
@@ -236,7 +244,8 @@ def compress(data: bytes, *, model=None, engine: str | None = None, context: byt
         set_threads(threads)
     out = io.BytesIO()
     with Compressor(out, model=model, engine=engine, context=context, block_size=block_size,
-                    segment_tokens=segment_tokens, window=window, format_version=format_version) as c:
+                    segment_tokens=segment_tokens, window=window, format_version=format_version,
+                    adaptive=adaptive) as c:
         c.write(data)
     return out.getvalue()
 

@@ -30,6 +30,16 @@ DEFAULT_BLOCK_SIZE = 64 * 1024
 DEFAULT_SEGMENT_TOKENS = 2048  # format version 1
 V2_SEGMENT_TOKENS = 8192  # format version 2: tokens per stream ...
 V2_WINDOW = 2048  # ... each seeing at most this many tokens of its stream (see README: measured)
+
+
+def _adaptive_default():
+    from .adaptive import Config
+
+    return Config()
+
+
+ADAPTIVE_SETS = {0: None, 1: _adaptive_default}  # header flags >> 1: the adaptive models (FORMAT.md §8)
+V2_ADAPTIVE = 1
 # Encoder-only shortcut: blocks whose tokenization is mostly single bytes are
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
@@ -66,7 +76,7 @@ class Session:
     """One model, one engine, one prefix: codes and decodes blocks."""
 
     def __init__(self, model, engine, *, segment_tokens: int, context: bytes | None = None,
-                 window: int | None = None) -> None:
+                 window: int | None = None, adaptive: int = 0) -> None:
         from .tokens import Tokenizer, Vocab
 
         self.model = model
@@ -86,6 +96,10 @@ class Session:
         self._win = {} if window is None else {"window": window}
         self.context = context or b""
         self._prefix = None
+        if adaptive not in ADAPTIVE_SETS:
+            raise FormatError(f"unknown adaptive-model set {adaptive} (this tinylmz knows {sorted(ADAPTIVE_SETS)})")
+        self.adaptive = adaptive  # format version 2: the in-stream adaptive models (0: none)
+        self._primed = None
 
     @property
     def tokenizer(self):
@@ -96,6 +110,18 @@ class Session:
     def prefix_ids(self) -> list[int]:
         ids = self.tokenizer.encode(self.context).tolist() if self.context else []
         return [self.vocab.start_id] + ids
+
+    def adaptive_state(self):
+        """A fresh adaptive state for one stream (primed with the context's tokens), or None."""
+        if not self.adaptive:
+            return None
+        if self._primed is None:
+            from .adaptive import AdaptiveState
+
+            st = AdaptiveState(ADAPTIVE_SETS[self.adaptive]())
+            st.prime(self.prefix_ids()[1:])  # the context's tokens (the start token is every stream's)
+            self._primed = st
+        return self._primed.copy()
 
     @property
     def prefix(self):
@@ -165,12 +191,16 @@ class Session:
 
     def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress) -> tuple[bytes, float]:
         enc, done, bits = Encoder(), 0, 0.0
+        state = self.adaptive_state()
         for chunk in self.engine.score(prefix, self._input[seg], **self._win):
             # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
             for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
                 part = seg[done : done + len(rows)]
-                cum, freq = freqs.symbols(rows, part, self.width)
-                enc.encode_many(cum, freq, freqs.TOTAL)
+                if state is None:
+                    cum, freq = freqs.symbols(rows, part, self.width)
+                    enc.encode_many(cum, freq, freqs.TOTAL)
+                else:  # row by row: each row's biases depend on the tokens before it
+                    _encode_adaptive(enc, state, freqs.fixed_logits(rows), part, self.width)
                 if measure:
                     bits += freqs.model_bits(rows, part)
                 done += len(rows)
@@ -275,10 +305,22 @@ class Session:
         if not counts or counts[0] == 0:
             return out
         stepper = self.engine.stepper(self.prefix, len(datas), **self._win)
+        states = None
+        if self.adaptive:
+            from .adaptive import AdaptiveBatch, as_logits
+
+            states = AdaptiveBatch([self.adaptive_state() for _ in datas])
         for step in range(counts[0]):
             active = sum(c > step for c in counts)
-            cum = freqs.cumulative(stepper.logits()[:active], self.width)
+            if states is None:
+                cum = freqs.cumulative(stepper.logits()[:active], self.width)
+            else:
+                states.take(active)
+                cum = freqs.cumulative(as_logits(states.adjust(freqs.fixed_logits(stepper.logits()[:active]))),
+                                       self.width)
             ids = [decs[i].decode(cum[i]) for i in range(active)]
+            if states is not None:
+                states.update(ids, cum)
             for i, t in enumerate(ids):
                 out[i][step] = t
             if progress:
@@ -287,6 +329,16 @@ class Session:
             if nxt:
                 stepper.feed(self._input[ids[:nxt]].tolist())
         return out
+
+
+def _encode_adaptive(enc: Encoder, state, L: np.ndarray, ids: np.ndarray, width: int) -> None:
+    """Code ``ids`` (one per row of fixed-point logits ``L``) with the adaptive models' biases."""
+    from .adaptive import as_logits
+
+    for row, y in zip(L, ids.tolist()):
+        cum = freqs.cumulative(as_logits(state.adjust(row)), width)[0]
+        enc.encode(int(cum[y]), int(cum[y + 1] - cum[y]), freqs.TOTAL)
+        state.update(y, cum)
 
 
 def _per_token(progress: Callable[[int], None], n_bytes: int, n_tokens: int) -> Callable[[int], None]:
