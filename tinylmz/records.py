@@ -36,8 +36,8 @@ to read at most 16 bytes past its end.
 
 Guarantee: a damaged frame, or one decoded with another context, model, engine
 or segment length, raises ``FormatError`` except with probability about 2^-8
-(the check; the exact-end rule and the end flag reject most such frames before
-it).  No frame is ever read out of bounds or decoded past ``S`` tokens.
+(the check; the exact-end rule and the overrun bound reject many such frames
+before it: 14 of 32 log-line frames decoded against a CSV context).  No frame is ever read out of bounds or decoded past ``S`` tokens.
 
 Overhead beyond the tokens' own cost: the 8-bit check, ~0.3 bits of end flags and
 method symbol, and the coder's final byte (1.35 bytes in all on 80-byte log lines);
