@@ -90,6 +90,8 @@ def _run(address: str, inputs, opts: Options, make_tasks) -> int:
     """Run every file's tasks through one pipeline; the worst per-file exit status."""
     from .. import distributed
 
+    if not inputs:  # -r on an empty directory: no cluster needed
+        return 0
     with _client(address) as (client, local):
         threads = opts.threads if opts.threads is not None else (1 if local is not None else None)
         streams: List[FileStream] = []
