@@ -144,3 +144,31 @@ def test_llama_engine_roundtrip(default_model_path):
     h = container.Reader(io.BytesIO(blob)).header
     assert h.engine["name"] == "llama" and "system_info" in h.engine["params"]
     assert tinylmz.decompress(blob) == text
+
+
+def test_format_versions_and_threads(tiny_model):
+    """Both format versions round-trip; the kernel's thread count never changes a byte."""
+    from tinylmz import threads
+
+    data = SAMPLES["text"] * 3
+    v2 = tinylmz.compress(data, model=str(tiny_model), threads=1)
+    try:
+        assert tinylmz.compress(data, model=str(tiny_model), threads=3) == v2
+    finally:
+        threads.set_threads(None)
+    v1 = tinylmz.compress(data, model=str(tiny_model), format_version=1)
+    assert (v1[4], v2[4]) == (1, 2) and len(v2) < len(v1)
+    assert tinylmz.decompress(v1, model=str(tiny_model)) == tinylmz.decompress(v2, model=str(tiny_model)) == data
+    with pytest.raises(tinylmz.TinylmzError, match="format version"):
+        tinylmz.compress(data, model=str(tiny_model), format_version=3)
+    with pytest.raises(tinylmz.TinylmzError, match="window"):
+        tinylmz.compress(data, model=str(tiny_model), window=300)
+
+
+def test_one_block_file_has_at_most_40_bytes_of_framing(tiny_model):
+    """Version 2's fixed overhead: header, block header and end marker of a one-block file."""
+    data = os.urandom(3000)  # stored: payload == data
+    blob = tinylmz.compress(data, model=str(tiny_model))
+    blocks = list(container.Reader(io.BytesIO(blob)).blocks())
+    assert [b.method for b in blocks] == [container.STORED]
+    assert len(blob) - len(data) <= 40
