@@ -51,7 +51,7 @@ PRE_TYPES: dict[str, tuple[str, ...]] = {
 def _class_body(spec: str) -> str:
     """Onig character-class body (no brackets) for ``unicode_classes`` ranges ``"lo-hi cp ..."``."""
     parts = []
-    for item in "".join(spec).split():
+    for item in spec.split():
         lo, _, hi = item.partition("-")
         parts.append(f"\\x{{{lo}}}" + (f"-\\x{{{hi}}}" if hi else ""))
     return "".join(parts)
