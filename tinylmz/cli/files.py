@@ -533,7 +533,8 @@ def _info(path: Path) -> dict:
     return {
         "file": str(path),
         "format_version": reader.version,
-        "model": {"name": h.model["name"], "sha256": h.model["sha256"]},
+        # version 1 names the model and its sha256, version 2 only its id (the sha256's first 8 bytes)
+        "model": {"name": h.model.get("name"), "sha256": h.model.get("sha256"), "id": h.model.get("id")},
         "engine": {"name": h.engine["name"], "params": h.engine.get("params") or {}},
         "block_size": h.block_size,
         "segment_tokens": h.segment_tokens,
@@ -561,8 +562,8 @@ def info_cmd(
     rows = [
         ("file", d["file"]),
         ("format", f"version {d['format_version']}"),
-        ("model", d["model"]["name"]),
-        ("model sha256", d["model"]["sha256"]),
+        ("model", d["model"]["name"] or "(not named in this format version)"),
+        ("model sha256", d["model"]["sha256"]) if d["model"]["sha256"] else ("model id", d["model"]["id"]),
         ("engine", d["engine"]["name"] + (f" {json.dumps(params, sort_keys=True)}" if params else "")),
         ("block size", f"{d['block_size']} bytes"),
         ("segment", f"{d['segment_tokens']} tokens"),
