@@ -22,7 +22,7 @@ import typer
 
 from .. import safeio
 from ..errors import FormatError
-from .common import (COPY_CHUNK, DEFAULT_SEGMENT_TOKENS, FORCE_HELP, QUIET_HELP, STDOUT_HELP, SUFFIX, Engine, Fail,
+from .common import (COPY_CHUNK, FORCE_HELP, QUIET_HELP, STDOUT_HELP, SUFFIX, Engine, Fail,
                      FileThreads, ProgressBar, Recursive, Scheduler, _cx, bpb, chunks, contained, guard, input_fingerprint,
                      is_stdio, isatty, parse_size, peek_trailer, read_context, report, same_file, say, set_threads,
                      show_progress)
@@ -295,7 +295,7 @@ def compress_cmd(
     segment_tokens: Annotated[Optional[int], typer.Option(
         "--segment-tokens", "-s", min=1, metavar="N", show_default=False,
         help="Tokens per independently coded stream inside a block (longer: better compression, slower).  "
-        f"Default: the format's ({DEFAULT_SEGMENT_TOKENS} in format version 1).")] = None,
+        "Default: tinylmz.compress's, which depends on the format version.")] = None,
     threads: FileThreads = None,
     scheduler: Scheduler = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
