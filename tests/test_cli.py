@@ -597,3 +597,22 @@ def test_help_explains_the_new_options():
     for cmd in (["records", "compress"], ["records", "decompress"], ["records", "get"]):
         r = proc(*cmd, "--help")
         assert b"--threads" in r.stdout and b"--scheduler" not in r.stdout
+
+
+def test_format_window_and_adaptive_options(tiny_model, tmp_path):
+    """--format, --window and --adaptive reach the file's header, and every combination decodes."""
+    import io
+
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"The quick brown fox jumps over the lazy dog. " * 30)
+    for args, want in ((["--format", "1"], (1, None, 0)), (["-W", "512", "-s", "1000"], (2, 512, 1)),
+                       (["--no-adaptive"], (2, 2048, 0))):
+        out = tmp_path / "t.tlmz"
+        r = tlmz("compress", "-f", "-m", tiny_model, *args, src, "-o", out)
+        assert r.code == 0, r.err
+        rd = container.Reader(io.BytesIO(out.read_bytes()))
+        assert (rd.version, rd.header.window, rd.header.adaptive) == want
+        r = tlmz("decompress", "-f", "-m", tiny_model, out, "-o", tmp_path / "back.txt")
+        assert r.code == 0, r.err
+        assert (tmp_path / "back.txt").read_bytes() == src.read_bytes()
+    assert_one_line_error(tlmz("compress", "-f", "-m", tiny_model, "-W", "600", src, "-o", tmp_path / "x.tlmz"))

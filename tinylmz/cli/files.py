@@ -45,6 +45,9 @@ class Options:
     context: Optional[bytes] = None
     block_size: int = 0
     segment_tokens: Optional[int] = None  # None: the API's default
+    window: Optional[int] = None
+    format_version: Optional[int] = None
+    adaptive: Optional[int] = None
     force_engine: bool = False
     threads: Optional[int] = None
     verbose: bool = False
@@ -54,7 +57,8 @@ class Options:
     def compressor(self) -> dict:
         """Keyword arguments for ``api.Compressor`` (those not given keep its defaults)."""
         kw = dict(engine=self.engine, context=self.context, block_size=self.block_size,
-                  segment_tokens=self.segment_tokens)
+                  segment_tokens=self.segment_tokens, window=self.window, format_version=self.format_version,
+                  adaptive=self.adaptive)
         return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -294,8 +298,19 @@ def compress_cmd(
         "Memory use is bounded by it; blocks are what --scheduler spreads over the workers.")] = "64K",
     segment_tokens: Annotated[Optional[int], typer.Option(
         "--segment-tokens", "-s", min=1, metavar="N", show_default=False,
-        help="Tokens per independently coded stream inside a block (longer: better compression, slower).  "
-        "Default: tinylmz.compress's, which depends on the format version.")] = None,
+        help="Tokens per independently coded stream inside a block (longer: better compression, slower to "
+        "decompress: fewer streams advance side by side).  Default: 8192 (format 2), 2048 (format 1).")] = None,
+    window: Annotated[Optional[int], typer.Option(
+        "--window", "-W", min=512, metavar="N", show_default=False,
+        help="Format 2: tokens of its stream each token sees (a multiple of 256; default 2048).  Larger: "
+        "slightly smaller output, more attention work per token.")] = None,
+    format_version: Annotated[Optional[int], typer.Option(
+        "--format", min=1, max=2, metavar="1|2", show_default=False,
+        help="Format version to write (default 2: sliding windows, adaptive models, compact framing; "
+        "1: the first format).  Every version is read.")] = None,
+    adaptive: Annotated[Optional[bool], typer.Option(
+        "--adaptive/--no-adaptive", show_default=False,
+        help="Format 2: in-stream n-gram and match models mixed with the model (default: on).")] = None,
     threads: FileThreads = None,
     scheduler: Scheduler = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help=(
@@ -326,7 +341,9 @@ def compress_cmd(
     set_threads(threads)
     opts = Options(output=None if to_stdout else output, to_stdout=to_stdout, force=force, rm=rm,
                    verify=verify or rm, recursive=recursive, model=model, engine=engine.value,
-                   context=read_context(context), block_size=bs, segment_tokens=segment_tokens, threads=threads,
+                   context=read_context(context), block_size=bs, segment_tokens=segment_tokens, window=window,
+                   format_version=format_version, adaptive=None if adaptive is None else int(adaptive),
+                   threads=threads,
                    verbose=verbose, quiet=quiet, many=len(inputs) > 1 or recursive)
     total = _sizes(inputs, _file_size)
     from . import cluster
@@ -534,10 +551,13 @@ def _info(path: Path) -> dict:
         "file": str(path),
         "format_version": reader.version,
         # version 1 names the model and its sha256, version 2 only its id (the sha256's first 8 bytes)
-        "model": {"name": h.model.get("name"), "sha256": h.model.get("sha256"), "id": h.model.get("id")},
+        "model": {"name": h.model.get("name") or _registry_name(h.model["id"]), "sha256": h.model.get("sha256"),
+                  "id": h.model.get("id")},
         "engine": {"name": h.engine["name"], "params": h.engine.get("params") or {}},
         "block_size": h.block_size,
         "segment_tokens": h.segment_tokens,
+        "window": h.window,
+        "adaptive": h.adaptive,
         "context": h.context,
         "compressed_size": size,
         "original_size": original,
@@ -546,6 +566,14 @@ def _info(path: Path) -> dict:
         "bits_per_byte": (8 * size / original) if original else None,
         "blocks": {"count": count, "methods": methods, "payload_bytes": payload_total},
     }
+
+
+def _registry_name(model_id: str) -> Optional[str]:
+    """The registry's name for a version 2 model id (the file itself is not needed)."""
+    from .. import registry
+
+    entry = registry.find_id(model_id)
+    return entry.name if entry else None
 
 
 def info_cmd(
@@ -562,11 +590,13 @@ def info_cmd(
     rows = [
         ("file", d["file"]),
         ("format", f"version {d['format_version']}"),
-        ("model", d["model"]["name"] or "(not named in this format version)"),
+        ("model", d["model"]["name"] or "(not in the registry: pass it with --model PATH)"),
         ("model sha256", d["model"]["sha256"]) if d["model"]["sha256"] else ("model id", d["model"]["id"]),
         ("engine", d["engine"]["name"] + (f" {json.dumps(params, sort_keys=True)}" if params else "")),
         ("block size", f"{d['block_size']} bytes"),
-        ("segment", f"{d['segment_tokens']} tokens"),
+        ("segment", f"{d['segment_tokens']} tokens"
+         + (f", window {d['window']}" if d.get("window") else "")
+         + (f", adaptive models set {d['adaptive']}" if d.get("adaptive") else "")),
         ("context", "none" if not ctx else f"{ctx['size']} bytes, sha256 {ctx['sha256']}"),
         ("original", f"{d['original_size']} bytes (crc32 {d['original_crc32']})"),
         ("compressed", f"{d['compressed_size']} bytes"
