@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
+# exec: the tests that interrupt tinylmz (and safeio.critical's own test) need Python's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # run from a source tree without installing
