@@ -75,3 +75,35 @@ def test_symbols_matches_cumulative():
 def test_float64_and_float32_logits_agree():
     x = np.random.default_rng(2).normal(0, 3, (3, 100))
     assert np.array_equal(freqs.frequencies(x), freqs.frequencies(x.astype(np.float32)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(2, 300)),
+                  elements=st.floats(-1e6, 1e6, width=32) | st.sampled_from([np.inf, -np.inf, np.nan, 0.0])),
+       st.integers(0, 3), st.data())
+def test_pick_equals_whole_tables(logits, extra, data):
+    """freqs.pick (native) codes and decodes exactly as the cumulative tables of the biased rows."""
+    from tinylmz import kernel
+
+    assert kernel.load() is not None
+    n, V = logits.shape
+    width = V + extra
+    biases = []
+    for _ in range(n):
+        xs = data.draw(st.lists(st.integers(0, V - 1), max_size=5, unique=True))
+        vs = data.draw(st.lists(st.integers(-(1 << 24), 1 << 24), min_size=len(xs), max_size=len(xs)))
+        biases.append((xs, vs))
+    nb = np.array([len(x) for x, _ in biases])
+    bx, bv = np.zeros((n, 5), np.int64), np.zeros((n, 5), np.int64)
+    for i, (xs, vs) in enumerate(biases):
+        bx[i, : len(xs)], bv[i, : len(xs)] = xs, vs
+    ids = np.array(data.draw(st.lists(st.integers(0, width - 1), min_size=n, max_size=n)))
+    want = freqs.pick_reference(logits, width, ids, False, nb, bx, bv)
+    got = freqs.pick(logits, width, ids, biases=biases)
+    assert all(np.array_equal(a, b) for a, b in zip(want[:3], got[:3]))
+    assert all(np.array_equal(want[3][i, : nb[i]], got[3][i, : nb[i]]) for i in range(n))
+    # every target inside a symbol's interval decodes to that symbol, at both ends of it
+    for t in (want[1], want[1] + want[2] - 1):
+        dec = freqs.pick(logits, width, t, decode=True, biases=biases)
+        assert np.array_equal(dec[0], ids) and np.array_equal(dec[1], want[1]) and np.array_equal(dec[2], want[2])
+    assert np.array_equal(freqs.row_max(logits), freqs.fixed_logits(logits).max(axis=1))

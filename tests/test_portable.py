@@ -149,9 +149,9 @@ def test_packed_product_is_exact():
     assert np.array_equal(QLinear(w, np.ones(37, np.float32), native=True).rows(), w)
 
 
-@pytest.mark.parametrize("R,T", [(5, 30), (8, 1), (13, 17), (40, 130), (150, 300)])
+@pytest.mark.parametrize("R,T", [(1, 1), (1, 40), (3, 2049), (5, 30), (7, 33), (8, 1), (13, 17), (40, 130), (150, 300)])
 def test_attention_products_are_exact(R, T):
-    """qk and pv (key-lane kernels from 8 rows on) equal int64 products, at the extremes too."""
+    """qk and pv (the key-lane kernels, 1 to 8 rows per block of keys) equal int64 products, at the extremes too."""
     from tinylmz import kernel
 
     rng = np.random.default_rng(R * 1000 + T)

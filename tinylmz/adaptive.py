@@ -355,6 +355,19 @@ class AdaptiveBatch:
         for st, y, c in zip(self.states, ys, cum):
             st.update(int(y), c)
 
+    def plan(self, rows: np.ndarray) -> list[tuple[list[int], list[int]]]:
+        """Per stream (the first k, one row of float logits each): the ids to bias and their biased
+        fixed-point logits, for ``freqs.pick`` (the same numbers ``adjust`` writes)."""
+        tops = freqs.row_max(rows).tolist()
+        V = rows.shape[1]
+        return [st.plan(top, lambda x, row=row: freqs.fixed_at(row, x), V)
+                for st, row, top in zip(self.states, rows, tops)]
+
+    def learn(self, ys, fx: np.ndarray) -> None:
+        """Learn tokens ``ys`` after ``plan``, given the frequencies of the planned ids (``freqs.pick``)."""
+        for st, y, f in zip(self.states, ys, fx.tolist()):
+            st.update(int(y), fx=f)
+
     def take(self, k: int) -> None:
         """Keep the first k streams (the others have ended)."""
         del self.states[k:]

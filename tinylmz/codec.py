@@ -203,7 +203,7 @@ class Session:
                     cum, freq = freqs.symbols(rows, part, self.width)
                     enc.encode_many(cum, freq, freqs.TOTAL)
                 else:  # row by row: each row's biases depend on the tokens before it
-                    _encode_adaptive(enc, state, freqs.fixed_logits(rows), part, self.width)
+                    _encode_adaptive(enc, state, rows, part, self.width)
                 if measure:
                     bits += freqs.model_bits(rows, part)
                 done += len(rows)
@@ -310,20 +310,24 @@ class Session:
         stepper = self.engine.stepper(self.prefix, len(datas), **self._win)
         states = None
         if self.adaptive:
-            from .adaptive import AdaptiveBatch, as_logits
+            from .adaptive import AdaptiveBatch
 
             states = AdaptiveBatch([self.adaptive_state() for _ in datas])
+        total = freqs.TOTAL
         for step in range(counts[0]):
             active = sum(c > step for c in counts)
-            if states is None:
-                cum = freqs.cumulative(stepper.logits()[:active], self.width)
-            else:
-                states.take(active)
-                cum = freqs.cumulative(as_logits(states.adjust(freqs.fixed_logits(stepper.logits()[:active]))),
-                                       self.width)
-            ids = [decs[i].decode(cum[i]) for i in range(active)]
+            rows = stepper.logits()[:active]
+            biases = None
             if states is not None:
-                states.update(ids, cum)
+                states.take(active)
+                biases = states.plan(rows)
+            targets = [decs[i].target(total) for i in range(active)]
+            ids, cum, freq, fx = freqs.pick(rows, self.width, targets, decode=True, biases=biases)
+            ids = ids.tolist()
+            for d, c, f in zip(decs, cum.tolist(), freq.tolist()):
+                d.consume(c, f)
+            if states is not None:
+                states.learn(ids, fx)
             for i, t in enumerate(ids):
                 out[i][step] = t
             if progress:
@@ -334,14 +338,16 @@ class Session:
         return out
 
 
-def _encode_adaptive(enc: Encoder, state, L: np.ndarray, ids: np.ndarray, width: int) -> None:
-    """Code ``ids`` (one per row of fixed-point logits ``L``) with the adaptive models' biases."""
-    from .adaptive import as_logits
-
-    for row, y in zip(L, ids.tolist()):
-        cum = freqs.cumulative(as_logits(state.adjust(row)), width)[0]
-        enc.encode(int(cum[y]), int(cum[y + 1] - cum[y]), freqs.TOTAL)
-        state.update(y, cum)
+def _encode_adaptive(enc: Encoder, state, rows: np.ndarray, ids: np.ndarray, width: int) -> None:
+    """Code ``ids`` (one per row of float logits) with the adaptive models' biases, row by row:
+    each row's biases depend on what the models learnt from the tokens before it."""
+    tops = freqs.row_max(rows).tolist()
+    V = rows.shape[1]
+    for row, top, y in zip(rows, tops, ids.tolist()):
+        xs, vals = state.plan(top, lambda x: freqs.fixed_at(row, x), V)
+        _, cum, freq, fx = freqs.pick(row[None], width, [y], biases=[(xs, vals)])
+        enc.encode(int(cum[0]), int(freq[0]), freqs.TOTAL)
+        state.update(y, fx=fx[0].tolist())
 
 
 def _per_token(progress: Callable[[int], None], n_bytes: int, n_tokens: int) -> Callable[[int], None]:

@@ -88,8 +88,9 @@ class DecodeJob:
 def compress_model(model=None) -> ModelSpec:
     """The model to compress with, identified on the client.
 
-    The client needs the file only to hash it: a registry model that is not installed here
-    is named by the registry's sha256, and the workers must have it.
+    The client needs the file only to hash it.  A registry model that is not installed here is
+    fetched like any first use (``registry.resolve``); where that is refused (offline, no index)
+    it is named by the registry's sha256, and the workers must have it.
     """
     from . import registry
 

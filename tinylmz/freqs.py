@@ -62,6 +62,17 @@ def fixed_logits(logits: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.int32)
 
 
+def row_max(logits: np.ndarray) -> np.ndarray:
+    """``fixed_logits(logits).max(axis=-1)`` without converting whole rows: rounding is monotone
+    and fmax skips NaN (which rounds to the lowest value, so it is a maximum only of an all-NaN row)."""
+    return fixed_logits(np.fmax.reduce(np.asarray(logits, dtype=np.float32), axis=-1))
+
+
+def fixed_at(row: np.ndarray, x: int) -> int:
+    """``fixed_logits(row)[x]`` alone."""
+    return int(fixed_logits(row[x : x + 1])[0])
+
+
 def frequencies(logits: np.ndarray, width: int | None = None) -> np.ndarray:
     """Integer frequency tables, shape (n, width), each row summing to ``TOTAL``.
 
@@ -104,6 +115,50 @@ def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tu
     ids = np.asarray(ids, dtype=np.int64)
     cum = c[rows, ids]
     return cum, c[rows, ids + 1] - cum
+
+
+def pick(logits: np.ndarray, width: int, sym, decode: bool = False, biases=None):
+    """One symbol per row without whole tables: (symbols, cum, freq, frequencies of the biased ids).
+
+    ``biases``: per row a pair (ids, fixed-point values) that replace those entries of
+    ``fixed_logits(row)`` first (the adaptive models' biased logits; ids < the logits' width).
+    ``decode`` False: ``sym`` are the rows' symbols; True: targets in [0, TOTAL), each turned
+    into the symbol s with cum[s] <= target < cum[s + 1] (the decoder's search).  The result
+    is that of ``cumulative`` on the biased rows, read at the symbol (``pick_reference``).
+    """
+    from . import kernel
+
+    logits, width = _rows(logits, width)
+    n = len(logits)
+    nb = np.zeros(n, dtype=np.int64)
+    maxb = max([len(b[0]) for b in biases] + [1]) if biases is not None else 1
+    bx, bv = np.zeros((n, maxb), dtype=np.int64), np.zeros((n, maxb), dtype=np.int64)
+    for i, (xs, vs) in enumerate(biases or ()):
+        nb[i] = len(xs)
+        bx[i, : len(xs)], bv[i, : len(xs)] = xs, vs
+    if kernel.load() is not None:
+        return kernel.freq_pick(logits, width, exp_table(), TOTAL, sym, decode, nb, bx, bv)
+    return pick_reference(logits, width, sym, decode, nb, bx, bv)
+
+
+def pick_reference(logits, width, sym, decode, nb, bx, bv):
+    """``pick`` from whole cumulative tables (the definition; the native kernel is checked against it)."""
+    L = fixed_logits(np.atleast_2d(logits))
+    rows = np.arange(len(L))
+    for i in rows:
+        L[i, bx[i, : nb[i]]] = bv[i, : nb[i]]
+    f = frequencies(np.asarray(L, dtype=np.float32) / np.float32(SCALE), width)  # numpy only
+    c = np.zeros((f.shape[0], f.shape[1] + 1), dtype=np.int64)
+    np.cumsum(f, axis=1, out=c[:, 1:])
+    sym = np.asarray(sym, dtype=np.int64)
+    if decode:
+        sym = np.array([np.searchsorted(c[i], sym[i], side="right") - 1 for i in rows], dtype=np.int64)
+    cum = c[rows, sym]
+    fx = np.zeros(bx.shape, dtype=np.int64)
+    for i in rows:
+        x = bx[i, : nb[i]]
+        fx[i, : nb[i]] = c[i, x + 1] - c[i, x]
+    return sym, cum, c[rows, sym + 1] - cum, fx
 
 
 def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:

@@ -110,6 +110,8 @@ def load():
     lib.freq_cum.restype = lib.freq_sym.restype = i64
     lib.freq_cum.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, i64]
     lib.freq_sym.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, p, p, i64]
+    lib.freq_pick.restype = i64
+    lib.freq_pick.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, p, i64, i64, p, p, p, p, p, i64]
     rng = np.random.default_rng(3)
     x = rng.integers(-32767, 32768, (9, 1536)).astype(np.int16)
     x[0], x[1] = 32767, -32767
@@ -187,6 +189,16 @@ def load():
     for ids in ([0, 5, 1], [699, 700, 702], [int(np.argmax(lg[0])), 6, 2]):  # ids past V, the maxima
         cum, f = freq_sym(lg, np.array(ids), 703, freqs.exp_table(), freqs.TOTAL, lib)
         if not (np.array_equal(cum, want[[0, 1, 2], ids]) and np.array_equal(f, want[[0, 1, 2], np.add(ids, 1)] - cum)):
+            return None
+    nb, bx, bv = np.array([2, 0, 1]), np.array([[3, 7], [0, 0], [690, 0]]), np.array([[3000, -90], [0, 0], [5000, 0]])
+    for ids in ([0, 5, 1], [699, 700, 702], [3, 6, 690]):
+        want_t = freqs.pick_reference(lg, 703, np.array(ids), False, nb, bx, bv)
+        got = freq_pick(lg, 703, freqs.exp_table(), freqs.TOTAL, np.array(ids), False, nb, bx, bv, lib)
+        if not all(np.array_equal(a, b) for a, b in zip(got, want_t)):
+            return None
+        targets = want_t[1] + want_t[2] // 2  # inside each row's symbol: decodes back to it
+        got = freq_pick(lg, 703, freqs.exp_table(), freqs.TOTAL, targets, True, nb, bx, bv, lib)
+        if not all(np.array_equal(a, b) for a, b in zip(got, want_t)):
             return None
     return fn
 
@@ -481,6 +493,29 @@ def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=
                         cum.ctypes.data, _nt(n * V * 8)):
         raise MemoryError("out of memory in the frequency tables")
     return cum
+
+
+def freq_pick(logits: np.ndarray, width: int, table: np.ndarray, total: int, sym: np.ndarray, decode: bool,
+              nb: np.ndarray, bx: np.ndarray, bv: np.ndarray, lib=None):
+    """``freqs.pick`` in C: (symbols, cum, freq, frequencies of the set ids)."""
+    lib = lib or load().lib
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    n, V = x.shape
+    sym = np.array(sym, dtype=np.int64)  # a copy: decoding writes the symbols over the targets
+    nb = np.ascontiguousarray(nb, dtype=np.int64)
+    bx = np.ascontiguousarray(bx, dtype=np.int64).reshape(n, -1)
+    bv = np.ascontiguousarray(bv, dtype=np.int32).reshape(n, -1)
+    maxb = bx.shape[1]
+    assert nb.shape == (n,) and (n == 0 or (nb.max() <= maxb and (bx < V).all() and (bx >= 0).all()))
+    assert n == 0 or (sym.min() >= 0 and sym.max() < (total if decode else width))
+    cum, freq = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    fx = np.zeros((n, maxb), dtype=np.int64)
+    fixed = np.empty((n, V), dtype=np.int32)
+    if not lib.freq_pick(x.ctypes.data, n, V, width, table.ctypes.data, len(table), total, nb.ctypes.data,
+                         bx.ctypes.data, bv.ctypes.data, maxb, int(decode), sym.ctypes.data, fixed.ctypes.data,
+                         cum.ctypes.data, freq.ctypes.data, fx.ctypes.data, _nt(n * V * 8)):
+        raise MemoryError("out of memory in the frequency tables")
+    return sym, cum, freq, fx
 
 
 def freq_sym(logits: np.ndarray, ids: np.ndarray, width: int, table: np.ndarray, total: int,

@@ -60,24 +60,37 @@ typedef struct {
 
 static inline const int8_t *key_at(keys_t k, int64_t j) { return j < k.P ? k.a + 64 * j : k.b + 64 * (j - k.P); }
 
-/* kt: 16 vectors per block of 16 keys, corr: one per block ((T + 15) / 16 blocks). */
+/* kt: 16 vectors per block of 16 keys, corr: one per block ((T + 15) / 16 blocks).  A block is
+ * the 16 x 16 dword matrix of its keys (key l = row l) transposed in registers. */
 static void pack_keys(keys_t k, int64_t T, __m512i *kt, __m512i *corr)
 {
     const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t j0 = 0; j0 < T; j0 += 16) {
-        int32_t blk[16][16];
+        __m512i a[16], t[16];
         for (int l = 0; l < 16; l++)
-            if (j0 + l < T)
-                for (int c = 0; c < 16; c++)
-                    memcpy(&blk[c][l], key_at(k, j0 + l) + 4 * c, 4);
-            else
-                for (int c = 0; c < 16; c++)
-                    blk[c][l] = 0;
-        __m512i sum = _mm512_setzero_si512();
-        for (int c = 0; c < 16; c++) {
-            kt[j0 + c] = _mm512_loadu_si512((const void *)blk[c]);
-            sum = _mm512_dpbusd_epi32(sum, ones, kt[j0 + c]); /* 1 * k: sums of signed bytes */
+            a[l] = j0 + l < T ? _mm512_loadu_si512((const void *)key_at(k, j0 + l)) : _mm512_setzero_si512();
+        for (int i = 0; i < 8; i++) { /* per 128-bit lane: dwords of key pairs interleaved */
+            t[2 * i] = _mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
         }
+        for (int g = 0; g < 4; g++) { /* a[4g + c] lane L: dword 4L + c of keys 4g .. 4g + 3 */
+            a[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+            a[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+            a[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+            a[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+        }
+        for (int c = 0; c < 4; c++) { /* 4 x 4 transpose of 128-bit lanes: kt[4L + c] lane g = a[4g + c] lane L */
+            __m512i p0 = _mm512_shuffle_i32x4(a[c], a[4 + c], 0x44), p1 = _mm512_shuffle_i32x4(a[c], a[4 + c], 0xEE);
+            __m512i p2 = _mm512_shuffle_i32x4(a[8 + c], a[12 + c], 0x44);
+            __m512i p3 = _mm512_shuffle_i32x4(a[8 + c], a[12 + c], 0xEE);
+            kt[j0 + c] = _mm512_shuffle_i32x4(p0, p2, 0x88);
+            kt[j0 + 4 + c] = _mm512_shuffle_i32x4(p0, p2, 0xDD);
+            kt[j0 + 8 + c] = _mm512_shuffle_i32x4(p1, p3, 0x88);
+            kt[j0 + 12 + c] = _mm512_shuffle_i32x4(p1, p3, 0xDD);
+        }
+        __m512i sum = _mm512_setzero_si512();
+        for (int c = 0; c < 16; c++)
+            sum = _mm512_dpbusd_epi32(sum, ones, kt[j0 + c]); /* 1 * k: sums of signed bytes */
         corr[j0 / 16] = _mm512_slli_epi32(sum, 7);
     }
 }
@@ -92,26 +105,40 @@ static void unsigned_rows(const int8_t *q, int64_t R, uint32_t *qu)
         ((uint8_t *)qu)[i] = 0; /* padding rows: computed, never stored */
 }
 
+/* Scores of N (<= 8) rows against one block of 16 keys; N is a constant where it is called, so
+ * the accumulators stay in registers and no padding row is computed. */
+static inline __attribute__((always_inline)) void score_block(const uint32_t *qr, int N, const __m512i *kt,
+                                                                __m512i corr, int32_t *s, int64_t ld, __mmask16 m)
+{
+    __m512i a[8];
+    for (int r = 0; r < N; r++)
+        a[r] = _mm512_setzero_si512();
+    for (int c = 0; c < 16; c++) {
+        __m512i kv = _mm512_load_si512((const void *)(kt + c));
+        for (int r = 0; r < N; r++)
+            a[r] = _mm512_dpbusd_epi32(a[r], _mm512_set1_epi32((int)qr[r * 16 + c]), kv);
+    }
+    for (int r = 0; r < N; r++)
+        _mm512_mask_storeu_epi32(s + r * ld, m, _mm512_sub_epi32(a[r], corr));
+}
+
+#define SCORE_BLOCK(N)                                                                                          \
+    static void score_block_##N(const uint32_t *qr, const __m512i *kt, __m512i corr, int32_t *s, int64_t ld,   \
+                                __mmask16 m) { score_block(qr, N, kt, corr, s, ld, m); }
+SCORE_BLOCK(1) SCORE_BLOCK(2) SCORE_BLOCK(3) SCORE_BLOCK(4) SCORE_BLOCK(5) SCORE_BLOCK(6) SCORE_BLOCK(7)
+SCORE_BLOCK(8)
+static void (*const score_blocks[9])(const uint32_t *, const __m512i *, __m512i, int32_t *, int64_t, __mmask16) = {
+    NULL, score_block_1, score_block_2, score_block_3, score_block_4, score_block_5, score_block_6, score_block_7,
+    score_block_8};
+
 /* s[r][j] = q[r] . k[j] for r < R, j < T, from unsigned_rows and pack_keys. */
 static void scores_rows(const uint32_t *qu, int64_t R, const __m512i *kt, const __m512i *corr, int64_t T,
                         int32_t *s, int64_t ld)
 {
     for (int64_t j0 = 0; j0 < T; j0 += 16) {
         __mmask16 m = (__mmask16)(T - j0 >= 16 ? 0xFFFF : (1u << (T - j0)) - 1);
-        for (int64_t r0 = 0; r0 < R; r0 += 8) {
-            const uint32_t *qr = qu + r0 * 16;
-            __m512i a[8];
-            for (int r = 0; r < 8; r++)
-                a[r] = _mm512_setzero_si512();
-            for (int c = 0; c < 16; c++) {
-                __m512i kv = _mm512_load_si512((const void *)(kt + j0 + c));
-                for (int r = 0; r < 8; r++)
-                    a[r] = _mm512_dpbusd_epi32(a[r], _mm512_set1_epi32((int)qr[r * 16 + c]), kv);
-            }
-            int64_t rn = R - r0 < 8 ? R - r0 : 8;
-            for (int64_t r = 0; r < rn; r++)
-                _mm512_mask_storeu_epi32(s + (r0 + r) * ld + j0, m, _mm512_sub_epi32(a[r], corr[j0 / 16]));
-        }
+        for (int64_t r0 = 0; r0 < R; r0 += 8)
+            score_blocks[R - r0 < 8 ? R - r0 : 8](qu + r0 * 16, kt + j0, corr[j0 / 16], s + r0 * ld + j0, ld, m);
     }
 }
 
@@ -246,7 +273,7 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
         return;
 #endif
 #if LANES
-    if (R >= 8 && D == 64) { /* enough rows to pay for the transposition */
+    if (D == 64) { /* the transposition pays from one row on (3 per kv head when decoding) */
         int64_t b = 0;
         while (b < B && qk_lanes(q + b * R * D, k + b * kstride, R, T, s + b * R * ld, ld))
             b++;
@@ -292,7 +319,7 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
         return;
 #endif
 #if LANES
-    if (R >= 8 && D == 64) { /* enough rows to pay for laying out the values */
+    if (D == 64) { /* laying out the values pays from one row on */
         int64_t b = 0;
         while (b < B && pv_lanes(p + b * R * ld, v + b * vstride, R, T, o + b * R * D, ld))
             b++;

@@ -12,7 +12,8 @@ typedef struct {
 } freq_row_t;
 
 static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int64_t *table, int64_t L,
-                           int64_t total, int32_t *fixed, int64_t *F)
+                           int64_t total, int32_t *fixed, int64_t *F, int64_t nb, const int64_t *bx,
+                           const int32_t *bv)
 {
     const float limit = 16777216.0f; /* 2^24, freqs.LIMIT */
     freq_row_t r = {INT32_MIN, 0, 0, 0};
@@ -27,6 +28,16 @@ static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int6
             r.top = q;
             r.arg = j;
         }
+    }
+    if (nb > 0) { /* fixed-point logits set by the caller (the adaptive models' biased values) */
+        for (int64_t k = 0; k < nb; k++)
+            fixed[bx[k]] = bv[k];
+        r.top = INT32_MIN;
+        for (int64_t j = 0; j < V; j++)
+            if (fixed[j] > r.top) {
+                r.top = fixed[j];
+                r.arg = j;
+            }
     }
     int64_t wsum = 0;
     for (int64_t j = 0; j < V; j++) {
@@ -52,6 +63,10 @@ typedef struct {
     const int64_t *table, *ids;
     int32_t *fixed_rows;
     int64_t *F_all, *cum, *freq;
+    /* freq_pick: per row nb[i] <= maxb logits set to bv at ids bx; their frequencies out in fx */
+    const int64_t *nb, *bx;
+    const int32_t *bv;
+    int64_t maxb, decode, *sym, *fx;
 } freq_job;
 
 /* Cumulative tables cum int64 (n x (width + 1)): cum[0] = 0, cum[width] = total (the decoder). */
@@ -62,7 +77,7 @@ static void cum_task(void *p, int64_t t, int64_t me)
     for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
         int32_t *fixed = j->fixed_rows + i * V;
         int64_t *c = j->cum + i * (width + 1);
-        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F);
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, 0, NULL, NULL);
         c[0] = 0;
         for (int64_t k = 0; k < V; k++)
             c[k + 1] = c[k] + F[fixed[k]] + (k == r.arg ? r.adjust : 0);
@@ -93,7 +108,7 @@ static void sym_task(void *p, int64_t t, int64_t me)
     for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
         int32_t *fixed = j->fixed_rows + i * V;
         int64_t id = j->ids[i], below = 0;
-        freq_row_t r = freq_row(j->logits + i * V, V, j->width, j->table, j->L, j->total, fixed, F);
+        freq_row_t r = freq_row(j->logits + i * V, V, j->width, j->table, j->L, j->total, fixed, F, 0, NULL, NULL);
         int64_t m = id < V ? id : V;
         for (int64_t k = 0; k < m; k++)
             below += F[fixed[k]];
@@ -113,6 +128,66 @@ int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const
         return 0;
     freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, ids, fixed_rows, F_all, cum, freq};
     pool_for(j.tasks, nt, sym_task, &j);
+    free(F_all);
+    return 1;
+}
+
+/* One symbol per row, without whole tables: the row's logits, with nb[i] fixed-point values bv
+ * set at ids bx (< V) first, give the frequency table of freqs.frequencies.  decode = 0: sym[i]
+ * is the row's symbol; decode = 1: sym[i] is a target in [0, total) and becomes the symbol s
+ * with cum[s] <= target < cum[s + 1] (the decoder's search).  Out: cum[i] and freq[i] of that
+ * symbol, and fx[i * maxb + k] the frequency of bx[i * maxb + k] (the adaptive models learn
+ * from them). */
+static void pick_task(void *p, int64_t t, int64_t me)
+{
+    const freq_job *j = p;
+    int64_t V = j->V, width = j->width, *F = j->F_all + j->L * me;
+    for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
+        int32_t *fixed = j->fixed_rows + i * V;
+        const int64_t *bx = j->bx + i * j->maxb;
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, j->nb[i], bx,
+                                j->bv + i * j->maxb);
+        int64_t below = 0, s;
+        if (j->decode) {
+            int64_t v = j->sym[i];
+            for (s = 0; s < V; s++) {
+                int64_t f = F[fixed[s]] + (s == r.arg ? r.adjust : 0);
+                if (below + f > v)
+                    break;
+                below += f;
+            }
+            if (s == V) { /* past the logits every symbol weighs 1 */
+                s = V + (v - below);
+                below = v;
+            }
+            j->sym[i] = s;
+        } else {
+            s = j->sym[i];
+            int64_t m = s < V ? s : V;
+            for (int64_t k = 0; k < m; k++)
+                below += F[fixed[k]];
+            below += s - m + (r.arg < s ? r.adjust : 0);
+        }
+        j->cum[i] = below;
+        j->freq[i] = (s < V ? F[fixed[s]] : 1) + (s == r.arg ? r.adjust : 0);
+        for (int64_t k = 0; k < j->nb[i]; k++)
+            j->fx[i * j->maxb + k] = F[fixed[bx[k]]] + (bx[k] == r.arg ? r.adjust : 0);
+    }
+}
+
+int64_t freq_pick(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
+                  int64_t total, const int64_t *nb, const int64_t *bx, const int32_t *bv, int64_t maxb,
+                  int64_t decode, int64_t *sym, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t *fx,
+                  int64_t nt)
+{
+    if (nt > n)
+        nt = n > 0 ? n : 1;
+    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
+    if (!F_all)
+        return 0;
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, F_all, cum, freq,
+                  nb, bx, bv, maxb, decode, sym, fx};
+    pool_for(j.tasks, nt, pick_task, &j);
     free(F_all);
     return 1;
 }

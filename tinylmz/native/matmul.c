@@ -137,6 +137,7 @@ int64_t qgemm_lanes_available(void)
 
 #if LANES
 #define LTR 4 /* rows of x per tile */
+
 #define LTC 2 /* blocks of 16 weight rows per tile */
 static inline __attribute__((always_inline)) void lanes_tile(
     const int32_t *xl, const int32_t *xh, int64_t K4, const int8_t *w, int64_t wstride, const int32_t *wsum,
@@ -153,6 +154,10 @@ static inline __attribute__((always_inline)) void lanes_tile(
         __m512i h20 = ah[2][0], h21 = ah[2][1], h30 = ah[3][0], h31 = ah[3][1];
         const int8_t *w1 = w + wstride;
         for (int64_t kq = 0; kq < K4; kq++) {
+            /* the next tile's weights (2 * wstride on): their fetch from memory overlaps this tile's
+             * products (prefetches never fault, past the matrix's end too) */
+            _mm_prefetch((const char *)(w + 2 * wstride + kq * 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + 2 * wstride + kq * 64), _MM_HINT_T0);
             __m512i w0 = _mm512_loadu_si512((const void *)(w + kq * 64));
             __m512i v1 = _mm512_loadu_si512((const void *)(w1 + kq * 64));
             __m512i b;
@@ -174,6 +179,8 @@ static inline __attribute__((always_inline)) void lanes_tile(
     } else
     for (int64_t kq = 0; kq < K4; kq++) {
         __m512i wv[LTC];
+        for (int c = 0; c < tc; c++)
+            _mm_prefetch((const char *)(w + (tc + c) * wstride + kq * 64), _MM_HINT_T0);
         for (int c = 0; c < tc; c++)
             wv[c] = _mm512_loadu_si512((const void *)(w + c * wstride + kq * 64));
         for (int r = 0; r < tr; r++) {
