@@ -141,7 +141,7 @@ int64_t qgemm_lanes_available(void)
 #define LTC 2 /* blocks of 16 weight rows per tile */
 static inline __attribute__((always_inline)) void lanes_tile(
     const int32_t *xl, const int32_t *xh, int64_t K4, const int8_t *w, int64_t wstride, const int32_t *wsum,
-    const int tr, const int tc, int64_t *out, int64_t N, const double *sx, const double *ws, double *y)
+    const int tr, const int tc, int64_t *out, int64_t N, const double *sx, const double *ws, double *y, int pf)
 {
     __m512i al[LTR][LTC], ah[LTR][LTC];
     for (int r = 0; r < tr; r++)
@@ -156,8 +156,10 @@ static inline __attribute__((always_inline)) void lanes_tile(
         for (int64_t kq = 0; kq < K4; kq++) {
             /* the next tile's weights (2 * wstride on): their fetch from memory overlaps this tile's
              * products (prefetches never fault, past the matrix's end too) */
-            _mm_prefetch((const char *)(w + 2 * wstride + kq * 64), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + 2 * wstride + kq * 64), _MM_HINT_T0);
+            if (pf) {
+                _mm_prefetch((const char *)(w + 2 * wstride + kq * 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w1 + 2 * wstride + kq * 64), _MM_HINT_T0);
+            }
             __m512i w0 = _mm512_loadu_si512((const void *)(w + kq * 64));
             __m512i v1 = _mm512_loadu_si512((const void *)(w1 + kq * 64));
             __m512i b;
@@ -179,7 +181,7 @@ static inline __attribute__((always_inline)) void lanes_tile(
     } else
     for (int64_t kq = 0; kq < K4; kq++) {
         __m512i wv[LTC];
-        for (int c = 0; c < tc; c++)
+        for (int c = 0; c < tc && pf; c++)
             _mm_prefetch((const char *)(w + (tc + c) * wstride + kq * 64), _MM_HINT_T0);
         for (int c = 0; c < tc; c++)
             wv[c] = _mm512_loadu_si512((const void *)(w + c * wstride + kq * 64));
@@ -213,7 +215,7 @@ static inline __attribute__((always_inline)) void lanes_tile(
 
 #define LANES_TILE(tr, tc) lanes_tile(xl + i * K4, xh + i * K4, K4, wb, K4 * 64, wsum + 16 * b, tr, tc, \
                                       out ? out + i * N + 16 * b : 0, N, sx ? sx + i : 0, ws ? ws + 16 * b : 0, \
-                                      y ? y + i * N + 16 * b : 0)
+                                      y ? y + i * N + 16 * b : 0, i == 0) /* the first row tile prefetches */
 /* Blocks b0..b1-1 of 16 weight rows, all n rows of x (given split: xl, xh, n x K4 int32). */
 static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_t K4, const int8_t *wp,
                          const int32_t *wsum, int64_t b0, int64_t b1, int64_t N, int64_t *out,
