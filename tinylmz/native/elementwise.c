@@ -8,15 +8,34 @@ void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, d
 {
     for (int64_t i = 0; i < n; i++) {
         const double *xr = x + i * K;
+        int16_t *qr = q + i * K;
         double amax = 0.0;
-        for (int64_t k = 0; k < K; k++) {
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        /* the same IEEE operations 8 at a time: a maximum does not depend on order, max_pd(a, m)
+         * keeps m where a is NaN as the scalar test does, and roundscale rounds half to even */
+        __m512d m = _mm512_setzero_pd();
+        for (; k + 8 <= K; k += 8)
+            m = _mm512_max_pd(_mm512_abs_pd(_mm512_loadu_pd(xr + k)), m);
+        amax = _mm512_reduce_max_pd(m);
+#endif
+        for (; k < K; k++) {
             double a = fabs(xr[k]);
             if (a > amax)
                 amax = a;
         }
         double s = amax > 0 ? amax / levels : 1.0;
-        for (int64_t k = 0; k < K; k++)
-            q[i * K + k] = (int16_t)nearbyint(xr[k] / s);
+        k = 0;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+        const __m512d vs = _mm512_set1_pd(s);
+        for (; k + 8 <= K; k += 8) {
+            __m512d r = _mm512_roundscale_pd(_mm512_div_pd(_mm512_loadu_pd(xr + k), vs),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)(qr + k), _mm512_cvtepi64_epi16(_mm512_cvtpd_epi64(r)));
+        }
+#endif
+        for (; k < K; k++)
+            qr[k] = (int16_t)nearbyint(xr[k] / s);
         scale[i] = s;
     }
 }
@@ -29,18 +48,43 @@ void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps,
     for (int64_t i = 0; i < n; i++) {
         const double *xr = x + i * K;
         double *o = out + i * K, amax = 0.0, ss = 0.0;
-        for (int64_t k = 0; k < K; k++) {
+        int64_t k = 0;
+#if defined(__AVX512F__) /* 8 at a time, as in quant16; the sum of squares is of integers < 2^53 */
+        __m512d m = _mm512_setzero_pd();
+        for (; k + 8 <= K; k += 8)
+            m = _mm512_max_pd(_mm512_abs_pd(_mm512_loadu_pd(xr + k)), m);
+        amax = _mm512_reduce_max_pd(m);
+#endif
+        for (; k < K; k++) {
             double a = fabs(xr[k]);
             if (a > amax)
                 amax = a;
         }
         double s = amax > 0 ? amax / 32767.0 : 1.0;
-        for (int64_t k = 0; k < K; k++) {
+        k = 0;
+#if defined(__AVX512F__)
+        __m512d vs = _mm512_set1_pd(s), acc = _mm512_setzero_pd();
+        for (; k + 8 <= K; k += 8) {
+            __m512d q = _mm512_roundscale_pd(_mm512_div_pd(_mm512_loadu_pd(xr + k), vs),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm512_storeu_pd(o + k, q);
+            acc = _mm512_add_pd(acc, _mm512_mul_pd(q, q));
+        }
+        ss = _mm512_reduce_add_pd(acc);
+#endif
+        for (; k < K; k++) {
             o[k] = nearbyint(xr[k] / s);
             ss += o[k] * o[k];
         }
         double r = sqrt(s * s * ss / (double)K + eps);
-        for (int64_t k = 0; k < K; k++)
+        k = 0;
+#if defined(__AVX512F__)
+        __m512d vr = _mm512_set1_pd(r);
+        for (; k + 8 <= K; k += 8)
+            _mm512_storeu_pd(o + k, _mm512_mul_pd(_mm512_div_pd(_mm512_mul_pd(_mm512_loadu_pd(o + k), vs), vr),
+                                                  _mm512_loadu_pd(g + k)));
+#endif
+        for (; k < K; k++)
             o[k] = o[k] * s / r * g[k];
     }
 }
@@ -75,7 +119,23 @@ void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, d
     for (int64_t r = 0; r < n; r++) {
         const double *g = gu + r * 2 * F, *u = g + F;
         double *o = out + r * F;
-        for (int64_t k = 0; k < F; k++) {
+        int64_t k = 0;
+#if defined(__AVX512F__) /* the same operations 8 at a time; floor is roundscale toward -inf */
+        const __m512d lo = _mm512_set1_pd(-R), hi = _mm512_set1_pd(R), st = _mm512_set1_pd(steps);
+        for (; k + 8 <= F; k += 8) {
+            __m512d gk = _mm512_loadu_pd(g + k);
+            __m512d c = _mm512_min_pd(_mm512_max_pd(gk, lo), hi); /* no NaN here: g is finite */
+            __m512d t = _mm512_mul_pd(_mm512_add_pd(c, hi), st);
+            __m512d fi = _mm512_roundscale_pd(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+            __m512d f = _mm512_sub_pd(t, fi);
+            __m256i i = _mm512_cvttpd_epi32(fi);
+            __m512d s0 = _mm512_i32gather_pd(i, S, 8), s1 = _mm512_i32gather_pd(i, S + 1, 8);
+            __m512d sig = _mm512_add_pd(s0, _mm512_mul_pd(_mm512_sub_pd(s1, s0), f));
+            sig = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(gk, lo, _CMP_LT_OQ), sig, _mm512_setzero_pd());
+            _mm512_storeu_pd(o + k, _mm512_mul_pd(_mm512_mul_pd(gk, sig), _mm512_loadu_pd(u + k)));
+        }
+#endif
+        for (; k < F; k++) {
             double c = g[k] < -R ? -R : (g[k] > R ? R : g[k]);
             double t = (c + R) * steps;
             double fi = floor(t);
@@ -88,4 +148,3 @@ void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, d
         }
     }
 }
-
