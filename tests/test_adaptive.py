@@ -326,3 +326,30 @@ def test_module_follows_the_written_spec(kw):
         spec.learn(y, cum)
         hist.append(y)
     assert list(st.B) == spec.B and list(st.C) == spec.C
+
+
+def test_plan_and_pick_equal_adjust_and_whole_tables():
+    """The codec's path (``AdaptiveBatch.plan`` -> ``freqs.pick`` -> ``learn``, no whole tables)
+    codes every token with the (cum, freq) of the reference path (``adjust`` -> ``cumulative``
+    -> ``update``) and leaves the same states."""
+    seqs = [token_sequence(n, seed) for n, seed in ((300, 5), (200, 6))]
+    ref, fast = AdaptiveBatch.fresh(2), AdaptiveBatch.fresh(2)
+    hist = [[] for _ in seqs]
+    for step in range(len(seqs[0])):
+        k = sum(len(s) > step for s in seqs)
+        ref.take(k)
+        fast.take(k)
+        rows = np.stack([synthetic_logits(step, hist[i]) for i in range(k)]).astype(np.float32)
+        ys = [seqs[i][step] for i in range(k)]
+        cum = freqs.cumulative(adaptive.as_logits(ref.adjust(freqs.fixed_logits(rows))), WIDTH)
+        ref.update(ys, cum)
+        _, c, f, fx = freqs.pick(rows, WIDTH, ys, biases=fast.plan(rows))
+        rows_ = np.arange(k)
+        assert np.array_equal(c, cum[rows_, ys]) and np.array_equal(f, cum[rows_, np.add(ys, 1)] - c)
+        targets = c + f // 2
+        dec = freqs.pick(rows, WIDTH, targets, decode=True, biases=fast.plan(rows))
+        assert dec[0].tolist() == ys
+        fast.learn(ys, fx)
+        for i in range(k):
+            hist[i].append(ys[i])
+    assert [adaptive.digest(s) for s in fast.states] == [adaptive.digest(s) for s in ref.states[: len(fast.states)]]
