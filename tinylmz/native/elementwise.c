@@ -2,6 +2,27 @@
  * engine_portable's numpy definitions. */
 #include "common.h"
 
+/* max_k |x[k]| (0 for an empty row; NaN entries are skipped).  8 at a time where AVX-512 is
+ * there: a maximum does not depend on order, and max_pd(a, m) keeps m where a is NaN, as the
+ * scalar test does. */
+static double row_absmax(const double *x, int64_t K)
+{
+    double amax = 0.0;
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512d m = _mm512_setzero_pd();
+    for (; k + 8 <= K; k += 8)
+        m = _mm512_max_pd(_mm512_abs_pd(_mm512_loadu_pd(x + k)), m);
+    amax = _mm512_reduce_max_pd(m);
+#endif
+    for (; k < K; k++) {
+        double a = fabs(x[k]);
+        if (a > amax)
+            amax = a;
+    }
+    return amax;
+}
+
 /* Per-row symmetric quantization to int16, as engine_portable._quant(x, levels):
  * s = max|x| / levels (1 where the row is all zeros), q = rint(x / s). */
 void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale)
@@ -9,23 +30,9 @@ void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, d
     for (int64_t i = 0; i < n; i++) {
         const double *xr = x + i * K;
         int16_t *qr = q + i * K;
-        double amax = 0.0;
-        int64_t k = 0;
-#if defined(__AVX512F__)
-        /* the same IEEE operations 8 at a time: a maximum does not depend on order, max_pd(a, m)
-         * keeps m where a is NaN as the scalar test does, and roundscale rounds half to even */
-        __m512d m = _mm512_setzero_pd();
-        for (; k + 8 <= K; k += 8)
-            m = _mm512_max_pd(_mm512_abs_pd(_mm512_loadu_pd(xr + k)), m);
-        amax = _mm512_reduce_max_pd(m);
-#endif
-        for (; k < K; k++) {
-            double a = fabs(xr[k]);
-            if (a > amax)
-                amax = a;
-        }
+        double amax = row_absmax(xr, K);
         double s = amax > 0 ? amax / levels : 1.0;
-        k = 0;
+        int64_t k = 0; /* roundscale below rounds half to even, as nearbyint */
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
         const __m512d vs = _mm512_set1_pd(s);
         for (; k + 8 <= K; k += 8) {
@@ -47,21 +54,9 @@ void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps,
 {
     for (int64_t i = 0; i < n; i++) {
         const double *xr = x + i * K;
-        double *o = out + i * K, amax = 0.0, ss = 0.0;
-        int64_t k = 0;
-#if defined(__AVX512F__) /* 8 at a time, as in quant16; the sum of squares is of integers < 2^53 */
-        __m512d m = _mm512_setzero_pd();
-        for (; k + 8 <= K; k += 8)
-            m = _mm512_max_pd(_mm512_abs_pd(_mm512_loadu_pd(xr + k)), m);
-        amax = _mm512_reduce_max_pd(m);
-#endif
-        for (; k < K; k++) {
-            double a = fabs(xr[k]);
-            if (a > amax)
-                amax = a;
-        }
+        double *o = out + i * K, amax = row_absmax(xr, K), ss = 0.0;
         double s = amax > 0 ? amax / 32767.0 : 1.0;
-        k = 0;
+        int64_t k = 0; /* 8 at a time as in quant16; the sum of squares is of integers < 2^53 */
 #if defined(__AVX512F__)
         __m512d vs = _mm512_set1_pd(s), acc = _mm512_setzero_pd();
         for (; k + 8 <= K; k += 8) {

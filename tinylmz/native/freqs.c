@@ -69,6 +69,21 @@ typedef struct {
     int64_t maxb, decode, *sym, *fx;
 } freq_job;
 
+/* Run task over the job's rows on nt threads, each with its scratch table F (0: out of memory). */
+static int64_t run_rows(freq_job *j, int64_t nt, void (*task)(void *, int64_t, int64_t))
+{
+    if (nt > j->n)
+        nt = j->n > 0 ? j->n : 1;
+    if (nt < 1)
+        nt = 1;
+    j->F_all = malloc(sizeof(int64_t) * (size_t)(j->L * nt));
+    if (!j->F_all)
+        return 0;
+    pool_for(j->tasks, nt, task, j);
+    free(j->F_all);
+    return 1;
+}
+
 /* Cumulative tables cum int64 (n x (width + 1)): cum[0] = 0, cum[width] = total (the decoder). */
 static void cum_task(void *p, int64_t t, int64_t me)
 {
@@ -89,15 +104,8 @@ static void cum_task(void *p, int64_t t, int64_t me)
 int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
                  int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
 {
-    if (nt > n)
-        nt = n > 0 ? n : 1;
-    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
-    if (!F_all)
-        return 0;
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, F_all, cum, NULL};
-    pool_for(j.tasks, nt, cum_task, &j);
-    free(F_all);
-    return 1;
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, NULL, cum, NULL};
+    return run_rows(&j, nt, cum_task);
 }
 
 /* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency. */
@@ -121,15 +129,8 @@ static void sym_task(void *p, int64_t t, int64_t me)
 int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
                  int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
 {
-    if (nt > n)
-        nt = n > 0 ? n : 1;
-    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
-    if (!F_all)
-        return 0;
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, ids, fixed_rows, F_all, cum, freq};
-    pool_for(j.tasks, nt, sym_task, &j);
-    free(F_all);
-    return 1;
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, ids, fixed_rows, NULL, cum, freq};
+    return run_rows(&j, nt, sym_task);
 }
 
 /* One symbol per row, without whole tables: the row's logits, with nb[i] fixed-point values bv
@@ -180,14 +181,7 @@ int64_t freq_pick(const float *logits, int64_t n, int64_t V, int64_t width, cons
                   int64_t decode, int64_t *sym, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t *fx,
                   int64_t nt)
 {
-    if (nt > n)
-        nt = n > 0 ? n : 1;
-    int64_t *F_all = malloc(sizeof(int64_t) * (size_t)(L * (nt > 0 ? nt : 1)));
-    if (!F_all)
-        return 0;
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, F_all, cum, freq,
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, NULL, cum, freq,
                   nb, bx, bv, maxb, decode, sym, fx};
-    pool_for(j.tasks, nt, pick_task, &j);
-    free(F_all);
-    return 1;
+    return run_rows(&j, nt, pick_task);
 }
