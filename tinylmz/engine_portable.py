@@ -445,7 +445,9 @@ class PortableEngine:
         prev = prefix.logits[None]
         for i in range(0, len(ids) - 1, CHUNK):
             out = self.forward(ids[None, i : i + CHUNK][:, : len(ids) - 1 - i], cache)[0]
-            yield np.concatenate([prev, out[:-1]])
+            yield prev  # the row before the call's first position, then the call's rows but its last:
+            if len(out) > 1:  # two chunks, not one concatenated copy (256 rows of the vocabulary each call)
+                yield out[:-1]
             prev = out[-1:]
         yield prev
 
