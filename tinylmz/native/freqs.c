@@ -60,7 +60,7 @@ static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int6
 typedef struct {
     const float *logits;
     int64_t n, V, width, L, total, tasks;
-    const int64_t *table, *ids;
+    const int64_t *table;
     int32_t *fixed_rows;
     int64_t *F_all, *cum, *freq;
     /* freq_pick: per row nb[i] <= maxb logits set to bv at ids bx; their frequencies out in fx */
@@ -104,33 +104,8 @@ static void cum_task(void *p, int64_t t, int64_t me)
 int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
                  int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
 {
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, NULL, cum, NULL};
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, NULL};
     return run_rows(&j, nt, cum_task);
-}
-
-/* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency. */
-static void sym_task(void *p, int64_t t, int64_t me)
-{
-    const freq_job *j = p;
-    int64_t V = j->V, *F = j->F_all + j->L * me;
-    for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
-        int32_t *fixed = j->fixed_rows + i * V;
-        int64_t id = j->ids[i], below = 0;
-        freq_row_t r = freq_row(j->logits + i * V, V, j->width, j->table, j->L, j->total, fixed, F, 0, NULL, NULL);
-        int64_t m = id < V ? id : V;
-        for (int64_t k = 0; k < m; k++)
-            below += F[fixed[k]];
-        below += id - m + (r.arg < id ? r.adjust : 0); /* symbols past V weigh 1 */
-        j->cum[i] = below;
-        j->freq[i] = (id < V ? F[fixed[id]] : 1) + (id == r.arg ? r.adjust : 0);
-    }
-}
-
-int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
-                 int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
-{
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, ids, fixed_rows, NULL, cum, freq};
-    return run_rows(&j, nt, sym_task);
 }
 
 /* One symbol per row, without whole tables: the row's logits, with nb[i] fixed-point values bv
@@ -145,9 +120,10 @@ static void pick_task(void *p, int64_t t, int64_t me)
     int64_t V = j->V, width = j->width, *F = j->F_all + j->L * me;
     for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
         int32_t *fixed = j->fixed_rows + i * V;
-        const int64_t *bx = j->bx + i * j->maxb;
-        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, j->nb[i], bx,
-                                j->bv + i * j->maxb);
+        const int64_t *bx = j->bx ? j->bx + i * j->maxb : NULL;
+        int64_t nb = j->nb ? j->nb[i] : 0;
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, nb, bx,
+                                j->bv ? j->bv + i * j->maxb : NULL);
         int64_t below = 0, s;
         if (j->decode) {
             int64_t v = j->sym[i];
@@ -171,7 +147,7 @@ static void pick_task(void *p, int64_t t, int64_t me)
         }
         j->cum[i] = below;
         j->freq[i] = (s < V ? F[fixed[s]] : 1) + (s == r.arg ? r.adjust : 0);
-        for (int64_t k = 0; k < j->nb[i]; k++)
+        for (int64_t k = 0; k < nb; k++)
             j->fx[i * j->maxb + k] = F[fixed[bx[k]]] + (bx[k] == r.arg ? r.adjust : 0);
     }
 }
@@ -181,7 +157,17 @@ int64_t freq_pick(const float *logits, int64_t n, int64_t V, int64_t width, cons
                   int64_t decode, int64_t *sym, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t *fx,
                   int64_t nt)
 {
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, NULL, fixed_rows, NULL, cum, freq,
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, freq,
                   nb, bx, bv, maxb, decode, sym, fx};
+    return run_rows(&j, nt, pick_task);
+}
+
+/* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency
+ * (freq_pick's coding half, no logits set; ids are only read when coding). */
+int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
+                 int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
+{
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, freq,
+                  NULL, NULL, NULL, 0, 0, (int64_t *)ids, NULL};
     return run_rows(&j, nt, pick_task);
 }
