@@ -19,7 +19,10 @@ for its lockstep streams, one call per step)::
                         cum = freqs.cumulative(as_logits(L), width)[0]
                         code y with cum;  st.update(y, cum)
 
-``encode_rows`` and ``decode_streams`` are that loop, as references and for tests.
+``encode_rows`` and ``decode_streams`` are that loop, as references and for tests.  The codec
+gets the same numbers without whole tables: ``plan`` gives the ids to bias and their biased
+values, ``freqs.pick`` codes (or finds) the symbol and returns those ids' frequencies, and
+``update(y, fx=...)`` learns from them (tests compare both paths).
 
 Definition (integers; ``>>`` is an arithmetic shift and ``//`` floor division,
 both rounding toward minus infinity; ``M32 = 2^32 - 1``; ``H = 2^hist_bits``).
