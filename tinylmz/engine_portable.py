@@ -185,9 +185,12 @@ class Cache:
         cap = end - self.base - self.drop
         if cap <= have:
             return
-        pad = lambda a, fill: np.concatenate(  # noqa: E731
-            [a, np.full(a.shape[:3] + (cap - have,) + a.shape[4:], fill, a.dtype)], axis=3
-        )
+        def pad(a, fill):  # into one new array: no temporary fill block (its first touch is what a grow costs)
+            out = np.empty(a.shape[:3] + (cap,) + a.shape[4:], a.dtype)
+            out[:, :, :, :have] = a
+            out[:, :, :, have:] = fill
+            return out
+
         self.k, self.v, self.sk, self.sv = pad(self.k, 0), pad(self.v, 0), pad(self.sk, 1), pad(self.sv, 1)
         self.svc = pad(self.svc, 1)
 
