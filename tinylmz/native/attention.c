@@ -534,6 +534,14 @@ static int64_t row_splits(int64_t B, int64_t R, int64_t nt)
     return want < 1 ? 1 : (want > R ? R : want);
 }
 
+/* qk and pv lay out a batch's keys or values in every task (as much work as the products for a
+ * few rows), and softmax_p divides its value scales once for rows that share them, so tasks
+ * split a batch's rows only when there are fewer batches than threads. */
+static int64_t batch_splits(int64_t B, int64_t R, int64_t nt)
+{
+    return B >= nt ? 1 : row_splits(B, R, nt);
+}
+
 #define TASK_ROWS(j, t) int64_t b = t / j->rc, r0 = j->R * (t % j->rc) / j->rc, r1 = j->R * (t % j->rc + 1) / j->rc
 
 static void qk_task(void *p, int64_t t, int64_t me)
@@ -549,7 +557,7 @@ void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, in
            int64_t kstride, int32_t *s, int64_t sb, int64_t ld, int64_t nt)
 {
     att_job j = {.a = q, .kv = k, .B = B, .R = R, .T = T, .D = D, .stride = kstride, .ab = sb, .ld = ld,
-                 .rc = row_splits(B, R, nt), .o = s};
+                 .rc = batch_splits(B, R, nt), .o = s};
     pool_for(B * j.rc, nt, qk_task, &j);
 }
 
@@ -566,7 +574,7 @@ void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, i
            int64_t vstride, int64_t *o, int64_t pb, int64_t ld, int64_t nt)
 {
     att_job j = {.a = p, .kv = v, .B = B, .R = R, .T = T, .D = D, .stride = vstride, .ab = pb, .ld = ld,
-                 .rc = row_splits(B, R, nt), .o = o};
+                 .rc = batch_splits(B, R, nt), .o = o};
     pool_for(B * j.rc, nt, pv_task, &j);
 }
 
@@ -596,7 +604,7 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
             esum[i] = 0;
         return;
     }
-    att_job j = {.a = acc, .B = B, .R = R, .T = T, .stride = stride, .rc = row_splits(B, R, nt), .sq = sq,
+    att_job j = {.a = acc, .B = B, .R = R, .T = T, .stride = stride, .rc = batch_splits(B, R, nt), .sq = sq,
                  .sk0 = sk0, .sv0 = sv0, .sk = sk, .sv = sv, .svmax = svmax, .P = P, .s0n = s0n, .s0h = s0h,
                  .KV = KV, .pos = pos, .table = table, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
                  .scratch = scratch};
