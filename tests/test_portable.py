@@ -323,3 +323,37 @@ def test_digest_script_is_stable(tiny_model):
          for _ in range(2)]
     assert r[0].returncode == 0, r[0].stderr
     assert r[0].stdout == r[1].stdout and len(r[0].stdout.split()[0]) == 64
+
+
+@pytest.mark.parametrize("prefix_len,window", [(1, engine_portable.WINDOW_STEP), (engine_portable.SHARE_MIN + 5, None),
+                                               (3, None)])
+def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, prefix_len, window):
+    """A decoding step's layers in one native call (kernel.decode_step): the same logits as the
+    layer-by-layer loop, with a start-token prefix and a sliding window, a shared long prefix,
+    and a short prefix copied into each stream; streams ending on the way."""
+    from tinylmz import kernel
+
+    if not kernel.packs():
+        pytest.skip("no packed weights on this CPU (AVX-512 VNNI): the engine keeps the layer loop")
+    eng = _engine(wide_model)
+    assert eng._steps is not None
+    table = eng._steps
+    pre = eng.prefill([0] + _ids(prefix_len - 1, seed=3).tolist())
+    fused, loop = eng.stepper(pre, 3, window=window), eng.stepper(pre, 3, window=window)
+    steps = engine_portable.WINDOW_STEP + 40  # past the first slide of the window
+    ids = _ids(3 * steps, seed=4).reshape(steps, 3)
+    calls = []
+    real = kernel.decode_step
+    try:
+        kernel.decode_step = lambda *a, **k: calls.append(1) or real(*a, **k)
+        for i, row in enumerate(ids):
+            row = row[: 3 if i < steps - 30 else 2].tolist()
+            eng._steps = table
+            fused.feed(row)
+            eng._steps = None
+            loop.feed(row)
+            assert np.array_equal(fused.logits(), loop.logits()), f"step {i}"
+    finally:
+        kernel.decode_step = real
+        eng._steps = table
+    assert len(calls) == steps

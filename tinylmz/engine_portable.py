@@ -286,6 +286,8 @@ class PortableEngine:
         self._norm, self._rope, self._quant = (kernel.rmsnorm, kernel.rope, kernel.quant) if self.native else (
             rmsnorm, rope, _quant)
         self.governor = threads.Governor()  # the kernel's thread count, chosen by measuring
+        # a decoding step's layers in one native call where every matrix is packed (same numbers)
+        self._steps = kernel.step_table(self.w.layers) if self.native and kernel.packs() else None
 
     def params(self) -> dict:
         return {"version": VERSION}
@@ -331,7 +333,10 @@ class PortableEngine:
         cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
         H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
         x = w.embed_rows(ids).astype(np.float64) * w.embd_s[ids][..., None]
-        for li, layer in enumerate(w.layers):
+        if t == 1 and self._steps is not None:  # one position: every layer in one native call
+            x = np.ascontiguousarray(x.reshape(n, -1))
+            self._step(x, cache, o0, p0)
+        for li, layer in enumerate(w.layers if t > 1 or self._steps is None else ()):
             h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])
             q = self._rope(qkv[..., : H * D].reshape(n, t, H, D), cos, sin)
@@ -360,6 +365,16 @@ class PortableEngine:
         for i in range(0, n * t, HEAD_ROWS):
             logits[i : i + HEAD_ROWS] = matmul(h[i : i + HEAD_ROWS], w.head)
         return logits.reshape(n, t, -1)
+
+    def _step(self, x: np.ndarray, cache: Cache, o0: int, p0: int) -> None:
+        """The layer loop below for one position of n streams, in C (``kernel.decode_step``)."""
+        cfg, sh, P = self.cfg, cache.shared, cache.base
+        dims = np.array([x.shape[0], cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff,
+                         self.rope.cos.shape[1], cfg.n_layer], dtype=np.int64)
+        shared = None if sh is None else tuple(a[:, :1, :, :P] for a in (sh.k, sh.v, sh.sk, sh.sv, sh.svc))
+        kernel.decode_step(x, dims, self._steps, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
+                           (cache.k, cache.v, cache.sk, cache.sv, cache.svc), o0, cache.lo, shared, self.inv_sqrt_d,
+                           tables.ATT_STEPS, _EXP, _SIG, tables.SIG_RANGE, tables.SIG_STEPS)
 
     def _swiglu(self, gu: np.ndarray) -> np.ndarray:
         if self.native:  # the same arithmetic in C (kernel.swiglu)

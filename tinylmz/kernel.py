@@ -101,6 +101,9 @@ def load():
     lib.attend1.restype = i64
     lib.attend1.argtypes = [p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, f64, f64,
                             p, i64, p, p, i64]
+    lib.decode_step.restype = i64
+    lib.decode_step.argtypes = [p, p, p, f64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64,
+                                i64, f64, f64, p, i64, p, f64, f64, i64]
     lib.rmsnorm.restype = lib.rope.restype = None
     lib.rmsnorm.argtypes = [p, i64, i64, p, f64, p]
     lib.rope.argtypes = [p, i64, i64, i64, i64, i64, i64, p, p, p]
@@ -481,6 +484,63 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     if R and not esum.all():  # every row sees at least its top key (weight 2^16): 0 means malloc failed
         raise MemoryError("out of memory in the attention kernel")
     return p, esum
+
+
+def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, cos: np.ndarray, sin: np.ndarray,
+                own: tuple, o0: int, lo: int, shared: tuple | None, inv: float, steps: float, exp: np.ndarray,
+                sig: np.ndarray, sig_range: float, sig_steps: float, lib=None) -> None:
+    """One decoding step of every layer (native/step.c) for n streams at one position, x (n, E)
+    float64 updated in place: what the engine's layer loop does for one position, in one call.
+
+    ``dims`` int64 (n, E, H, KV, D, F, rope pairs, layers); ``table`` int64 (layers, 14) of weight
+    addresses (``step_table``); ``own`` = the cache's (k, v, sk, sv, svc) arrays (layers, streams,
+    KV, cap[, D]) for these n streams, the new position at index o0, the visible ones from lo;
+    ``shared`` likewise for a shared prefix (stream 0 of it, its P positions: views [..., :P]) or None.
+    """
+    lib = lib or load().lib
+    k, v, sk, sv, svc = own
+    D = int(dims[4])
+    ls, ns, cap = sk.strides[0] // 8, sk.strides[1] // 8, sk.shape[3]
+    for a in (sk, sv, svc):
+        assert a.dtype == np.float64 and a.strides == sk.strides and a.strides[2:] == (cap * 8, 8)
+    for a in (k, v):
+        assert a.dtype == np.int8 and a.strides == (ls * D, ns * D, cap * D, D, 1)
+    assert ns == sk.shape[2] * cap and x.flags.c_contiguous and x.dtype == np.float64 and 0 <= lo <= o0 < cap
+    if shared is None:
+        k0 = v0 = sk0 = sv0 = svc0 = None
+        ls0 = cap0 = P = 0
+    else:
+        k0, v0, sk0, sv0, svc0 = shared
+        ls0, cap0, P = sk0.strides[0] // 8, sk0.strides[2] // 8, sk0.shape[3]
+        for a in (sk0, sv0, svc0):
+            assert a.strides == sk0.strides and a.strides[2:] == (cap0 * 8, 8)
+        for a in (k0, v0):
+            assert a.strides[0] == ls0 * D and a.strides[2:] == (cap0 * D, D, 1)
+    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    if not lib.decode_step(x.ctypes.data, dims.ctypes.data, table.ctypes.data, float(eps), cos.ctypes.data,
+                           sin.ctypes.data, k.ctypes.data, v.ctypes.data, sk.ctypes.data, sv.ctypes.data,
+                           svc.ctypes.data, ls, ns, cap, o0, lo, ptr(k0), ptr(v0), ptr(sk0), ptr(sv0), ptr(svc0), ls0,
+                           cap0, P, float(inv), float(steps), exp.ctypes.data, len(exp), sig.ctypes.data,
+                           float(sig_range), float(sig_steps), threads()):
+        raise MemoryError("out of memory in the decoding step")
+
+
+def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> np.ndarray | None:
+    """The weight addresses ``decode_step`` reads, per layer (None unless every matrix is packed
+    with whole blocks of 16 rows); the arrays must outlive the table."""
+    rows = []
+    for layer in layers:
+        mats = [layer[k] for k in keys]
+        if not all(isinstance(m.native, Packed) and m.native.n16 == m.n for m in mats):
+            return None
+        row = [layer["attn_norm"].ctypes.data]
+        for i, m in enumerate(mats):
+            if i == 2:
+                row.append(layer["ffn_norm"].ctypes.data)
+            assert m.scale.dtype == np.float64 and m.scale.flags.c_contiguous
+            row += [*m.native.ptrs, m.scale.ctypes.data]
+        rows.append(row)
+    return np.array(rows, dtype=np.int64)
 
 
 def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=None) -> np.ndarray:
