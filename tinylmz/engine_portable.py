@@ -20,7 +20,9 @@ Rules (DESIGN §3.1), and how each step keeps them:
 
 Results therefore do not depend on how positions are grouped into calls: the
 encoder evaluates a whole segment at once (``score``) and the decoder one token
-per stream per step (``stepper``), and both see identical logits.
+per stream per step (``stepper``), and both see identical logits.  ``_forward``'s
+layer loop is the definition; with packed weights a one-position call runs the
+same steps for all layers in one native call (``native/step.c``; tests compare).
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                    sizeof(double) * (size_t)(B * R), sizeof(int16_t) * (size_t)(n * in),
                    sizeof(int16_t) * (size_t)(n * H * D), sizeof(int16_t) * (size_t)(n * H * D),
                    sizeof(int32_t) * (size_t)(B * R * T), sizeof(int64_t) * (size_t)(B * R * D),
-                   sizeof(int64_t) * (size_t)(B * R), sizeof(int64_t) * (size_t)R, sizeof(int64_t) * (size_t)(KV * R * D)};
+                   sizeof(int64_t) * (size_t)(B * R), sizeof(int64_t) * (size_t)R, sizeof(int64_t) * (size_t)(B * R * D),
+                   sizeof(int8_t) * (size_t)(B * R * D), sizeof(int32_t) * (size_t)(B * R * P)};
     enum { NREG = sizeof(sz) / sizeof(sz[0]) };
     size_t off[NREG], bytes = 0;
     for (int i = 0; i < NREG; i++) {
@@ -89,6 +90,11 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
     int32_t *acc = (int32_t *)(mem + off[11]);
     int64_t *pv = (int64_t *)(mem + off[12]), *esum = (int64_t *)(mem + off[13]), *pos = (int64_t *)(mem + off[14]);
     int64_t *pv0 = (int64_t *)(mem + off[15]);
+    int8_t *qt = (int8_t *)(mem + off[16]); /* query rows by kv head: (KV, n * R, D) */
+    int32_t *at = (int32_t *)(mem + off[17]); /* their scores, then weights, over the shared keys */
+    /* A long shared prefix (a record codec's context) is read once for the rows of all streams,
+     * as the layer loop does; a start token or two costs less per stream. */
+    int once = n > 1 && P > 4, snt = KV * R * P * D >= 1 << 18 ? nt : 1;
     int8_t *q8 = (int8_t *)a16; /* the query rows as int8, over the values' int16 form (in the cache by then) */
     int64_t ok = 1;
     for (int64_t r = 0; r < R; r++)
@@ -136,8 +142,20 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             }
         int64_t work = B * R * T * D, ant = work >= 1 << 18 ? nt : 1;
         qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
-        for (int64_t b = 0; P && b < n; b++) /* the shared prefix's keys, for each stream's rows */
-            qk_mt(q8 + b * KV * R * D, k0 + l * ls0 * D, KV, R, P, D, cap0 * D, acc + b * KV * R * T, R * T, T, 1);
+        if (once) {
+            for (int64_t b = 0; b < n; b++)
+                for (int64_t j = 0; j < KV; j++)
+                    for (int64_t i = 0; i < R * D; i++)
+                        qt[(j * n + b) * R * D + i] = q8[(b * KV + j) * R * D + i];
+            qk_mt(qt, k0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, at, n * R * P, P, ant);
+            for (int64_t b = 0; b < n; b++)
+                for (int64_t j = 0; j < KV; j++)
+                    for (int64_t r = 0; r < R; r++)
+                        for (int64_t c = 0; c < P; c++)
+                            acc[((b * KV + j) * R + r) * T + c] = at[((j * n + b) * R + r) * P + c];
+        }
+        for (int64_t b = 0; P && !once && b < n; b++) /* the shared prefix's keys, for each stream's rows */
+            qk_mt(q8 + b * KV * R * D, k0 + l * ls0 * D, KV, R, P, D, cap0 * D, acc + b * KV * R * T, R * T, T, snt);
         softmax_p_mt(acc, s1, P ? sk0 + l * ls0 : SK + lo, P ? sv0 + l * ls0 : SV + lo, P, 0, cap0, KV, SK + lo,
                      SV + lo, svmax, pos, B, R, T, cap, inv, steps, table, tlen, acc, esum,
                      B * R * T * 16 >= 1 << 18 ? nt : 1);
@@ -145,8 +163,20 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             if (!esum[i]) /* every row sees at least its top key: 0 means malloc failed */
                 ok = 0;
         pv_mt(acc + P, V8 + lo * D, B, R, own, D, cap * D, pv, R * T, T, ant);
-        for (int64_t b = 0; P && b < n; b++) {
-            pv_mt(acc + b * KV * R * T, v0 + l * ls0 * D, KV, R, P, D, cap0 * D, pv0, R * T, T, 1);
+        if (once) {
+            for (int64_t b = 0; b < n; b++)
+                for (int64_t j = 0; j < KV; j++)
+                    for (int64_t r = 0; r < R; r++)
+                        for (int64_t c = 0; c < P; c++)
+                            at[((j * n + b) * R + r) * P + c] = acc[((b * KV + j) * R + r) * T + c];
+            pv_mt(at, v0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, pv0, n * R * P, P, ant);
+            for (int64_t b = 0; b < n; b++)
+                for (int64_t j = 0; j < KV; j++)
+                    for (int64_t i = 0; i < R * D; i++)
+                        pv[(b * KV + j) * R * D + i] += pv0[(j * n + b) * R * D + i];
+        }
+        for (int64_t b = 0; P && !once && b < n; b++) {
+            pv_mt(acc + b * KV * R * T, v0 + l * ls0 * D, KV, R, P, D, cap0 * D, pv0, R * T, T, snt);
             for (int64_t i = 0; i < KV * R * D; i++)
                 pv[b * KV * R * D + i] += pv0[i];
         }
