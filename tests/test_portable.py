@@ -325,18 +325,24 @@ def test_digest_script_is_stable(tiny_model):
     assert r[0].stdout == r[1].stdout and len(r[0].stdout.split()[0]) == 64
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("prefix_len,window", [(1, engine_portable.WINDOW_STEP), (engine_portable.SHARE_MIN + 5, None),
                                                (3, None)])
-def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, prefix_len, window):
+def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, prefix_len, window, packed):
     """A decoding step's layers in one native call (kernel.decode_step): the same logits as the
     layer-by-layer loop, with a start-token prefix and a sliding window, a shared long prefix,
-    and a short prefix copied into each stream; streams ending on the way."""
+    and a short prefix copied into each stream; streams ending on the way; with the weights
+    packed (AVX-512 VNNI) and as int8 rows (the kernel's other paths, ARM's among them)."""
     from tinylmz import kernel
 
-    if not kernel.packs():
-        pytest.skip("no packed weights on this CPU (AVX-512 VNNI): the engine keeps the layer loop")
+    if kernel.load() is None:
+        pytest.fail("the native kernel did not build here; a C compiler is a documented requirement")
+    if packed and not kernel.packs():
+        pytest.skip("this CPU has no lane-wise products (AVX-512 VNNI): weights are never packed here")
+    if not packed:
+        monkeypatch.setattr(kernel, "packs", lambda: False)  # the engine then holds int8 rows
     eng = _engine(wide_model)
-    assert eng._steps is not None
+    assert eng._steps is not None and eng._steps[1] == int(packed)
     table = eng._steps
     pre = eng.prefill([0] + _ids(prefix_len - 1, seed=3).tolist())
     fused, loop = eng.stepper(pre, 3, window=window), eng.stepper(pre, 3, window=window)

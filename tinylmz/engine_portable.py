@@ -21,7 +21,7 @@ Rules (DESIGN §3.1), and how each step keeps them:
 Results therefore do not depend on how positions are grouped into calls: the
 encoder evaluates a whole segment at once (``score``) and the decoder one token
 per stream per step (``stepper``), and both see identical logits.  ``_forward``'s
-layer loop is the definition; with packed weights a one-position call runs the
+layer loop is the definition; with the native kernel a one-position call runs the
 same steps for all layers in one native call (``native/step.c``; tests compare).
 """
 
@@ -288,8 +288,8 @@ class PortableEngine:
         self._norm, self._rope, self._quant = (kernel.rmsnorm, kernel.rope, kernel.quant) if self.native else (
             rmsnorm, rope, _quant)
         self.governor = threads.Governor()  # the kernel's thread count, chosen by measuring
-        # a decoding step's layers in one native call where every matrix is packed (same numbers)
-        self._steps = kernel.step_table(self.w.layers) if self.native and kernel.packs() else None
+        # a decoding step's layers in one native call (the same numbers as the layer loop)
+        self._steps = kernel.step_table(self.w.layers) if self.native else None
 
     def params(self) -> dict:
         return {"version": VERSION}
@@ -371,10 +371,11 @@ class PortableEngine:
     def _step(self, x: np.ndarray, cache: Cache, o0: int, p0: int) -> None:
         """The layer loop below for one position of n streams, in C (``kernel.decode_step``)."""
         cfg, sh, P = self.cfg, cache.shared, cache.base
+        table, packed = self._steps
         dims = np.array([x.shape[0], cfg.n_embd, cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_ff,
-                         self.rope.cos.shape[1], cfg.n_layer], dtype=np.int64)
+                         self.rope.cos.shape[1], cfg.n_layer, packed], dtype=np.int64)
         shared = None if sh is None else tuple(a[:, :1, :, :P] for a in (sh.k, sh.v, sh.sk, sh.sv, sh.svc))
-        kernel.decode_step(x, dims, self._steps, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
+        kernel.decode_step(x, dims, table, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
                            (cache.k, cache.v, cache.sk, cache.sv, cache.svc), o0, cache.lo, shared, self.inv_sqrt_d,
                            tables.ATT_STEPS, _EXP, _SIG, tables.SIG_RANGE, tables.SIG_STEPS)
 

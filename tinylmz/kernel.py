@@ -492,8 +492,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     """One decoding step of every layer (native/step.c) for n streams at one position, x (n, E)
     float64 updated in place: what the engine's layer loop does for one position, in one call.
 
-    ``dims`` int64 (n, E, H, KV, D, F, rope pairs, layers); ``table`` int64 (layers, 14) of weight
-    addresses (``step_table``); ``own`` = the cache's (k, v, sk, sv, svc) arrays (layers, streams,
+    ``dims`` int64 (n, E, H, KV, D, F, rope pairs, layers, packed); ``table`` int64 (layers, 14) of
+    weight addresses (``step_table``); ``own`` = the cache's (k, v, sk, sv, svc) arrays (layers, streams,
     KV, cap[, D]) for these n streams, the new position at index o0, the visible ones from lo;
     ``shared`` likewise for a shared prefix (stream 0 of it, its P positions: views [..., :P]) or None.
     """
@@ -525,22 +525,28 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
         raise MemoryError("out of memory in the decoding step")
 
 
-def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> np.ndarray | None:
-    """The weight addresses ``decode_step`` reads, per layer (None unless every matrix is packed
-    with whole blocks of 16 rows); the arrays must outlive the table."""
+def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> tuple[np.ndarray, int] | None:
+    """The weight addresses ``decode_step`` reads, per layer, and 1 if they are packed (0: int8
+    rows); None unless every matrix has one form (packed with whole blocks of 16 rows, or rows).
+    The arrays must outlive the table."""
+    mats = [layer[k] for layer in layers for k in keys]
+    if all(isinstance(m.native, Packed) and m.native.n16 == m.n for m in mats):
+        packed = 1
+    elif all(isinstance(m.native, np.ndarray) for m in mats):
+        packed = 0
+    else:
+        return None
     rows = []
     for layer in layers:
-        mats = [layer[k] for k in keys]
-        if not all(isinstance(m.native, Packed) and m.native.n16 == m.n for m in mats):
-            return None
         row = [layer["attn_norm"].ctypes.data]
-        for i, m in enumerate(mats):
+        for i, m in enumerate(layer[k] for k in keys):
             if i == 2:
                 row.append(layer["ffn_norm"].ctypes.data)
             assert m.scale.dtype == np.float64 and m.scale.flags.c_contiguous
-            row += [*m.native.ptrs, m.scale.ctypes.data]
+            w = m.native.ptrs if packed else (m.native.ctypes.data, 0)
+            row += [*w, m.scale.ctypes.data]
         rows.append(row)
-    return np.array(rows, dtype=np.int64)
+    return np.array(rows, dtype=np.int64), packed
 
 
 def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=None) -> np.ndarray:

@@ -3,7 +3,8 @@
  * engine_portable._forward, layer by layer, with the same kernels and the same IEEE operations
  * in the same order (so the same numbers: tests compare the two), but without returning to
  * Python between kernels: a decoder step makes ~40 kernel calls per layer, and their glue cost
- * a quarter of the step.  Packed weights only (LANES); elsewhere the engine stays in Python.
+ * a quarter of the step.  Weights packed for the lane-wise product (AVX-512 VNNI) or int8 rows
+ * (the other paths: AVX2, NEON, plain C), as the engine holds them.
  *
  * Per layer l, with E = n_embd, Q = (H + 2 KV) D, R = H / KV query rows per kv head:
  *   h = rmsnorm(x);  qkv = h @ Wqkv;  q, k = rope(qkv's q, k parts);  v = qkv's v part
@@ -21,6 +22,10 @@ void rope(const double *x, int64_t rows, int64_t ld, int64_t t, int64_t heads, i
 void swiglu(const double *gu, int64_t n, int64_t F, const double *S, double R, double steps, double *out);
 int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, const int32_t *wsum, int64_t N,
                     int64_t *out, const double *sx, const double *ws, double *y, int64_t nt);
+void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, int64_t j1, int64_t N,
+           int64_t *out, const double *sx, const double *ws, double *y);
+void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
+              const double *sx, const double *ws, double *y, int64_t nt);
 void qk_mt(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64_t D, int64_t kstride,
            int32_t *s, int64_t sb, int64_t ld, int64_t nt);
 void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D, int64_t vstride,
@@ -30,25 +35,40 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
                   const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt);
 
-/* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed, row sums,
- * scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
+/* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed and row sums,
+ * or int8 rows and 0; scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
 enum { W_ANORM, W_QKV, W_QKV_SUM, W_QKV_S, W_O, W_O_SUM, W_O_S, W_FNORM, W_GU, W_GU_SUM, W_GU_S, W_D, W_D_SUM,
        W_D_S, W_FIELDS };
 
-/* x += (a quantized per row) @ W, W packed with N outputs. */
-static int add_product(double *x, const double *a, int64_t n, int64_t K, const int64_t *w, int64_t N,
-                       int16_t *q, double *sx, double *y, int64_t nt)
+/* y = (q, rows scaled by sx) @ W (N outputs, its scales w[2]) as kernel.qmatmul does it, with the
+ * same thread rules; out: int64 scratch for the int8-rows path.  0: out of memory. */
+static int product(const int16_t *q, const double *sx, int64_t n, int64_t K, const int64_t *w, int64_t N,
+                   int packed, int64_t *out, double *y, int64_t nt)
+{
+    const double *ws = (const double *)w[2];
+    if (packed)
+        return (int)qgemm_lanes(q, n, K, (const int8_t *)w[0], (const int32_t *)w[1], N, NULL, sx, ws, y,
+                                n * N * K >= 1 << 20 ? nt : 1);
+    if (nt <= 1 || n * N * K < 1 << 22)
+        qgemm(q, n, K, (const int8_t *)w[0], 0, N, N, out, sx, ws, y);
+    else
+        qgemm_mt(q, n, K, (const int8_t *)w[0], N, out, sx, ws, y, nt);
+    return 1;
+}
+
+/* x += (a quantized per row) @ W. */
+static int add_product(double *x, const double *a, int64_t n, int64_t K, const int64_t *w, int64_t N, int packed,
+                       int16_t *q, double *sx, int64_t *out, double *y, int64_t nt)
 {
     quant16(a, n, K, 32767.0, q, sx);
-    if (!qgemm_lanes(q, n, K, (const int8_t *)w[0], (const int32_t *)w[1], N, NULL, sx, (const double *)w[2], y,
-                     n * N * K >= 1 << 20 ? nt : 1))
+    if (!product(q, sx, n, K, w, N, packed, out, y, nt))
         return 0;
     for (int64_t i = 0; i < n * N; i++)
         x[i] = x[i] + y[i];
     return 1;
 }
 
-/* dims: n, E, H, KV, D, F, half (rope pairs), L (layers).
+/* dims: n, E, H, KV, D, F, half (rope pairs), L (layers), packed (1: packed weights, 0: int8 rows).
  * Cache (own positions, int8 k/v and double sk/sv/svc, each (L, streams, KV, cap[, D])): base
  * addresses, ls / ns = strides of a layer / a stream in elements of the scale arrays (k and v:
  * times D), cap; o0 = array index of the new position, lo = first visible own index.
@@ -62,7 +82,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                     double sig_steps, int64_t nt)
 {
     int64_t n = dims[0], E = dims[1], H = dims[2], KV = dims[3], D = dims[4], F = dims[5], half = dims[6];
-    int64_t L = dims[7], R = H / KV, Q = (H + 2 * KV) * D, own = o0 + 1 - lo, T = P + own, B = n * KV;
+    int64_t L = dims[7], packed = dims[8], R = H / KV, Q = (H + 2 * KV) * D, own = o0 + 1 - lo, T = P + own, B = n * KV;
     int64_t wide = Q > 2 * F ? Q : 2 * F, rows = n * H, in = E > F ? E : F;
     in = in > H * D ? in : H * D;
     /* one allocation, cut into regions of whole cache lines */
@@ -73,7 +93,8 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                    sizeof(int16_t) * (size_t)(n * H * D), sizeof(int16_t) * (size_t)(n * H * D),
                    sizeof(int32_t) * (size_t)(B * R * T), sizeof(int64_t) * (size_t)(B * R * D),
                    sizeof(int64_t) * (size_t)(B * R), sizeof(int64_t) * (size_t)R, sizeof(int64_t) * (size_t)(B * R * D),
-                   sizeof(int8_t) * (size_t)(B * R * D), sizeof(int32_t) * (size_t)(B * R * P)};
+                   sizeof(int8_t) * (size_t)(B * R * D), sizeof(int32_t) * (size_t)(B * R * P),
+                   sizeof(int64_t) * (size_t)(packed ? 1 : n * wide)};
     enum { NREG = sizeof(sz) / sizeof(sz[0]) };
     size_t off[NREG], bytes = 0;
     for (int i = 0; i < NREG; i++) {
@@ -92,6 +113,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
     int64_t *pv0 = (int64_t *)(mem + off[15]);
     int8_t *qt = (int8_t *)(mem + off[16]); /* query rows by kv head: (KV, n * R, D) */
     int32_t *at = (int32_t *)(mem + off[17]); /* their scores, then weights, over the shared keys */
+    int64_t *prod = (int64_t *)(mem + off[18]); /* exact products of the int8-rows path */
     /* A long shared prefix (a record codec's context) is read once for the rows of all streams,
      * as the layer loop does; a start token or two costs less per stream. */
     int once = n > 1 && P > 4, snt = KV * R * P * D >= 1 << 18 ? nt : 1;
@@ -106,8 +128,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
         /* h = rmsnorm(x); qkv = h @ Wqkv */
         rmsnorm(x, n, E, (const double *)w[W_ANORM], eps, h);
         quant16(h, n, E, 32767.0, q16, s1);
-        if (!qgemm_lanes(q16, n, E, (const int8_t *)w[W_QKV], (const int32_t *)w[W_QKV_SUM], Q, NULL, s1,
-                         (const double *)w[W_QKV_S], qkv, n * Q * E >= 1 << 20 ? nt : 1)) {
+        if (!product(q16, s1, n, E, w + W_QKV, Q, packed, prod, qkv, nt)) {
             ok = 0;
             break;
         }
@@ -184,19 +205,18 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             for (int64_t d = 0; d < D; d++)
                 qr[i * D + d] = (double)pv[i * D + d] * svmax[i] / (double)esum[i];
         /* x += att @ Wo;  x += swiglu(rmsnorm(x) @ Wgateup) @ Wdown */
-        if (!add_product(x, qr, n, H * D, w + W_O, E, q16, s1, y, nt)) {
+        if (!add_product(x, qr, n, H * D, w + W_O, E, packed, q16, s1, prod, y, nt)) {
             ok = 0;
             break;
         }
         rmsnorm(x, n, E, (const double *)w[W_FNORM], eps, h);
         quant16(h, n, E, 32767.0, q16, s1);
-        if (!qgemm_lanes(q16, n, E, (const int8_t *)w[W_GU], (const int32_t *)w[W_GU_SUM], 2 * F, NULL, s1,
-                         (const double *)w[W_GU_S], qkv, n * 2 * F * E >= 1 << 20 ? nt : 1)) {
+        if (!product(q16, s1, n, E, w + W_GU, 2 * F, packed, prod, qkv, nt)) {
             ok = 0;
             break;
         }
         swiglu(qkv, n, F, sig, sig_range, sig_steps, ff);
-        if (!add_product(x, ff, n, F, w + W_D, E, q16, s1, y, nt))
+        if (!add_product(x, ff, n, F, w + W_D, E, packed, q16, s1, prod, y, nt))
             ok = 0;
     }
     free(mem);
