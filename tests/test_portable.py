@@ -344,7 +344,12 @@ def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, 
     eng = _engine(wide_model)
     assert eng._steps is not None and eng._steps[1] == int(packed)
     table = eng._steps
-    pre = eng.prefill([0] + _ids(prefix_len - 1, seed=3).tolist())
+    prefix = [0] + _ids(prefix_len - 1, seed=3).tolist()
+    fused_pre = eng.prefill(prefix)  # a one-token prefix is a one-position call too
+    eng._steps = None
+    pre = eng.prefill(prefix)
+    eng._steps = table
+    assert np.array_equal(fused_pre.logits, pre.logits)
     fused, loop = eng.stepper(pre, 3, window=window), eng.stepper(pre, 3, window=window)
     steps = engine_portable.WINDOW_STEP + 40  # past the first slide of the window
     ids = _ids(3 * steps, seed=4).reshape(steps, 3)
