@@ -39,7 +39,6 @@ from .weights import KCHUNK, QLinear, Weights
 
 VERSION = 1
 HEAD_ROWS = 32  # rows per slice of the output layer (memory only)
-FEW_SHARED = 4  # shared prefixes up to this many positions are attended in numpy (kernel calls cost more)
 SHARE_MIN = 64  # prefixes of at least this many tokens are shared by streams, not copied
 CHUNK = 256  # positions per call in ``score`` (memory bound only; results do not depend on it)
 WINDOW_STEP = 256  # a window moves in steps of this many positions (format version 2)
@@ -181,16 +180,6 @@ class Cache:
     def sv_max(self, li: int) -> np.ndarray:
         """Largest value scale of each head of stream 0 in layer ``li`` (for a shared prefix)."""
         return self.svc[li, 0, :, self.len - self.base - 1]
-
-    def scales_for(self, li: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Key and value scales of stream 0 in layer ``li``, as views for ``n`` streams (of a shared
-        prefix, which never changes: made once)."""
-        memo = self.__dict__.setdefault("_scales", {})
-        key = (li, n, self.len)
-        if key not in memo:
-            memo[key] = tuple(np.broadcast_to(a[li, :1, :, : self.len], (n,) + a.shape[2:3] + (self.len,))
-                                for a in (self.sk, self.sv))
-        return memo[key]
 
     def grow(self, end: int) -> None:
         """Make room for positions up to ``end``."""
@@ -335,10 +324,11 @@ class PortableEngine:
         cos, sin = self.rope.cos[p0 : p0 + t], self.rope.sin[p0 : p0 + t]
         H, KV, D = cfg.n_head, cfg.n_head_kv, cfg.head_dim
         x = w.embed_rows(ids).astype(np.float64) * w.embd_s[ids][..., None]
-        if t == 1 and self._steps is not None:  # one position: every layer in one native call
+        one_call = t == 1 and self._steps is not None  # one position: every layer in one native call
+        if one_call:
             x = np.ascontiguousarray(x.reshape(n, -1))
             self._step(x, cache, o0, p0)
-        for li, layer in enumerate(w.layers if t > 1 or self._steps is None else ()):
+        for li, layer in enumerate(() if one_call else w.layers):
             h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])
             q = self._rope(qkv[..., : H * D].reshape(n, t, H, D), cos, sin)
@@ -419,22 +409,17 @@ class PortableEngine:
             return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, ck, own, out=acc[..., P:])
-        few = sh is not None and P <= FEW_SHARED  # a start token (and a word or two): cheaper in numpy
-        if few:  # |q.k| <= 64 * 127^2: exact in int32
-            acc[..., :P] = np.einsum("nhrd,hpd->nhrp", q8.astype(np.int32), sh.k[li, 0, :, :P].astype(np.int32))
-        elif sh is not None and n == 1:
+        if sh is not None and n == 1:
             kernel.attn_scores(q8, sh.k[li, :1], P, out=acc[..., :P])
         elif sh is not None:  # one pass over the shared keys for the query rows of all streams
             rows = q8.transpose(1, 0, 2, 3).reshape(1, KV, n * R, D)
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
-        shared = None if sh is None else sh.scales_for(li, n)
+        shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
         p, esum = kernel.softmax_p(acc, sq[..., 0], csk, csv, svmax, pos, self.inv_sqrt_d,
                                    tables.ATT_STEPS, _EXP, shared, out=acc)  # weights over the scores, in place
         pv = kernel.attn_values(p[..., P:], cv)
         # exact integer sums: splitting them between shared and own keys changes nothing
-        if few:
-            pv += np.einsum("nhrp,hpd->nhrd", p[..., :P].astype(np.int64), sh.v[li, 0, :, :P].astype(np.int64))
-        elif sh is not None and n == 1:
+        if sh is not None and n == 1:
             pv += kernel.attn_values(p[..., :P], sh.v[li, :1])
         elif sh is not None:
             rows = p[..., :P].transpose(1, 0, 2, 3).reshape(1, KV, n * R, P)
