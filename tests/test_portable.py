@@ -29,6 +29,21 @@ def _ids(n, seed=0, vocab=400):
     return np.random.default_rng(seed).integers(1, vocab, n)
 
 
+@pytest.mark.parametrize("window", [None, engine_portable.WINDOW_STEP])
+def test_scoring_into_reused_buffers_gives_the_same_rows(tiny_model, monkeypatch, window):
+    """``score(reuse=True)`` (the encoder's way: two buffers, each chunk consumed before the next)
+    yields the rows of a plain ``score``, chunk for chunk, across window steps and chunk sizes."""
+    eng = _engine(tiny_model)
+    pre = eng.prefill([0, 5])
+    ids = _ids(3 * engine_portable.WINDOW_STEP + 11)
+    monkeypatch.setattr(engine_portable, "CHUNK", 100)  # chunks that straddle the window's steps
+    plain = list(eng.score(pre, ids, window=window))
+    reused = [c.copy() for c in eng.score(pre, ids, window=window, reuse=True)]
+    assert len(plain) == len(reused) > 6
+    assert all(np.array_equal(a, b) for a, b in zip(plain, reused))
+    assert sum(map(len, reused)) == len(ids)
+
+
 def test_batched_equals_incremental(tiny_model, monkeypatch):
     eng = _engine(tiny_model)
     pre = eng.prefill([0, 5, 9])

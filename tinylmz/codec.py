@@ -195,7 +195,7 @@ class Session:
     def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress) -> tuple[bytes, float]:
         enc, done, bits = Encoder(), 0, 0.0
         state = self.adaptive_state()
-        for chunk in self.engine.score(prefix, self._input[seg], **self._win):
+        for chunk in self.engine.score(prefix, self._input[seg], reuse=True, **self._win):
             # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
             for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
                 part = seg[done : done + len(rows)]
