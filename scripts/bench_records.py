@@ -15,6 +15,7 @@ and decompressed (tinylmz: one at a time for a few records, and side by side
 with ``decompress_many``).  ``--json`` prints the results as JSON.
 
     python scripts/bench_records.py -n 200
+    python scripts/bench_records.py -n 24 --data log --load 1     # also with one core taken
     python scripts/bench_records.py --gen csv -n 20 > sample.csv    # just the data
 """
 
@@ -236,6 +237,8 @@ def main(argv=None) -> int:
     ap.add_argument("--single", type=int, default=10, help="records decompressed one at a time (default 10)")
     ap.add_argument("--profile", action="store_true", help="cProfile the tinylmz runs (to stderr)")
     ap.add_argument("--no-tinylmz", action="store_true")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="also run tinylmz while N busy-loop processes hold cores (another program on the machine)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--gen", choices=list(GENERATORS), help="only print -n generated lines (with header) and exit")
     a = ap.parse_args(argv)
@@ -253,6 +256,13 @@ def main(argv=None) -> int:
         rows = []
         if not a.no_tinylmz:
             rows.append(bench_tinylmz(context, test, a.model, a.engine, a.profile, min(a.single, len(test))))
+            if a.load:
+                sys.path.insert(0, str(ROOT / "scripts"))
+                from bench import busy
+
+                with busy(a.load):
+                    row = bench_tinylmz(context, test, a.model, a.engine, False, min(a.single, len(test)))
+                rows.append({**row, "method": f"{row['method'][:34]} +{a.load} busy"})
         rows += bench_zstd(context, sample, test)
         rows.append(bench_brotli(test))
         results.append({**info, "rows": rows})
