@@ -5,7 +5,9 @@ Matrix products: int8 rows (the AVX2/plain path, also used where AVX-512 VNNI is
 against packed weights (the lane-wise VNNI path), for a record's worth of positions (50),
 a decoder step (1 and 4 streams) and the output layer; attention: one stream's one-pass
 kernel (``attend1``) against the separate score / weight / value kernels, for a record
-(56 positions after a 1,646-token shared context).  Each figure is the best of 5 runs.
+(56 positions after a 1,646-token shared context); the frequency function (``freqs.pick``)
+per row of the default model's 49,152 logits, coding and decoding, with and without the
+adaptive models' biases.  Each figure is the best of 5 runs.
 
     python scripts/bench_kernels.py
 """
@@ -84,6 +86,22 @@ def attention(threads: int) -> None:
         print(f"  one pass (attend1) {one * 1e3:.3f}")
 
 
+def frequencies(threads: int) -> None:
+    from tinylmz import freqs
+
+    rng = np.random.default_rng(0)
+    n, V = 32, 49152
+    logits = (rng.standard_normal((n, V)) * 3).astype(np.float32)
+    ids = rng.integers(0, V, n)
+    biases = [([int(x) for x in rng.integers(0, V, 3)], [0, 256, -256]) for _ in range(n)]
+    targets = freqs.pick(logits, V, ids)[1]
+    print(f"\nfrequency function, {n} rows of {V} logits, {threads} thread(s): microseconds per row")
+    for name, f in (("code", lambda: freqs.pick(logits, V, ids)),
+                    ("decode", lambda: freqs.pick(logits, V, targets, decode=True)),
+                    ("code, 3 biased ids", lambda: freqs.pick(logits, V, ids, biases=biases))):
+        print(f"  {name:20} {best(f) / n * 1e6:8.1f}")
+
+
 def main() -> int:
     if kernel.load() is None:
         print("the native kernel is not available here (no C compiler, or TINYLMZ_NATIVE=0)")
@@ -95,6 +113,7 @@ def main() -> int:
         kernel.threads = lambda nt=nt: nt
         products(nt)
         attention(nt)
+        frequencies(nt)
     kernel.threads = real
     return 0
 

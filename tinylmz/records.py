@@ -309,6 +309,18 @@ class RecordCodec:
             if j < len(ids):
                 stepper.feed([int(feed[j])])
 
+    def _row_numbers(self, rows: np.ndarray, real: np.ndarray) -> tuple:
+        """(cum, freq) of each row's token (``real``: one per row but maybe the last) and every row's
+        frequency of the newline (which sets its end flag), from one pass over each row."""
+        nl, w = self._newline, self.session.width
+        if nl >= rows.shape[1]:  # a byte symbol past the logits: frequency 1
+            cum, fr = freqs.symbols(rows[: len(real)], real, w) if len(real) else ((), ())
+            return cum, fr, np.ones(len(rows), dtype=np.int64)
+        # the newline "biased" to its own logit leaves the table as it is and reports its frequency
+        biases = [([nl], [freqs.fixed_at(row, nl)]) for row in rows]
+        _, cum, fr, fx = freqs.pick(rows, w, np.append(real, nl)[: len(rows)], biases=biases)
+        return cum[: len(real)], fr[: len(real)], fx[:, 0]
+
     def _end_stream(self, ids: np.ndarray, check: int, *, method: bool) -> bytes | None:
         """Range-code [method], (end flag, token) per id, the end flag set, the check."""
         w, n = self.session.width, len(ids)
@@ -318,8 +330,7 @@ class RecordCodec:
             for rows in np.array_split(chunk, -(-len(chunk) // 32)):  # bounded (rows x vocabulary) tables
                 k = len(rows)
                 real = ids[done : done + k]
-                _, f_nl = freqs.symbols(rows, np.full(k, self._newline), w)
-                cum, fr = freqs.symbols(rows[: len(real)], real, w) if len(real) else ((), ())
+                cum, fr, f_nl = self._row_numbers(rows, real)
                 for j, (fn, c, f) in enumerate(zip(f_nl.tolist(), list(cum) + [None], list(fr) + [None])):
                     e = end_frequency(fn)
                     if done + j < n:
