@@ -447,22 +447,22 @@ static double row_max(const double *x, int64_t n)
     return m;
 }
 
-/* e = table[min(rint((m - s) * steps), L - 1)];  p = rint(e * ratio);  returns sum(e). */
+/* e = table[min(rint((m - s) * steps), L - 1)];  p = rint(e * ratio);  returns sum(e).
+ * table: the exp table as int32 (its entries are <= 2^16), half the bytes of the int64 one. */
 static int64_t weights(const double *s, const double *ratio, int64_t n, double m, double steps,
-                       const int64_t *table, int64_t L, int32_t *p)
+                       const int32_t *table, int64_t L, int32_t *p)
 {
     int64_t total = 0, j = 0;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512VL__)
     const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m512d vm = _mm512_set1_pd(m), vs = _mm512_set1_pd(steps), lim = _mm512_set1_pd((double)(L - 1));
     __m512i sum = _mm512_setzero_si512();
     for (; j + 8 <= n; j += 8) {
         __m512d d = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_sub_pd(vm, _mm512_loadu_pd(s + j)), vs), rnd);
         __mmask8 in = _mm512_cmp_pd_mask(d, lim, _CMP_LT_OQ); /* the others weigh table[L - 1] = 0 */
-        __m512i e = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), in, _mm512_cvttpd_epi32(d), table, 8);
-        sum = _mm512_add_epi64(sum, e);
-        __m512d ed = _mm512_cvtepi32_pd(_mm512_cvtepi64_epi32(e)); /* e <= 2^16 */
-        __m512d w = _mm512_roundscale_pd(_mm512_mul_pd(ed, _mm512_loadu_pd(ratio + j)), rnd);
+        __m256i e = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), in, _mm512_cvttpd_epi32(d), table, 4);
+        sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(e));
+        __m512d w = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(e), _mm512_loadu_pd(ratio + j)), rnd);
         _mm256_storeu_si256((__m256i *)(p + j), _mm512_cvttpd_epi32(w));
     }
     total = _mm512_reduce_add_epi64(sum);
@@ -476,9 +476,17 @@ static int64_t weights(const double *s, const double *ratio, int64_t n, double m
     return total;
 }
 
+static int32_t *table32(const int64_t *table, int64_t L)
+{
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)(L > 0 ? L : 1));
+    for (int64_t i = 0; t && i < L; i++)
+        t[i] = (int32_t)table[i];
+    return t;
+}
+
 static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
                          const double *sk, const double *sv, const double *svmax, const int64_t *pos, int64_t R,
-                         int64_t T, double inv, double steps, const int64_t *table, int64_t L, int32_t *p,
+                         int64_t T, double inv, double steps, const int32_t *table, int64_t L, int32_t *p,
                          int64_t *esum, double *sbuf, double *ratio)
 {
     int64_t have = 0; /* ratio[j] = sv[j] / ratio_sm is valid for j < have (rows mostly share svmax) */
@@ -518,7 +526,8 @@ typedef struct {
     /* softmax_p only */
     const double *sq, *sk0, *sv0, *sk, *sv, *svmax, *scratch_unused;
     int64_t P, s0n, s0h, KV;
-    const int64_t *pos, *table;
+    const int64_t *pos;
+    const int32_t *table;
     double inv, steps;
     int64_t L;
     int32_t *p;
@@ -599,17 +608,20 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
     if (nt < 1)
         nt = 1;
     double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * nt);
-    if (!scratch) { /* the caller checks esum > 0 (every row sees its own key) */
+    int32_t *t32 = table32(table, L);
+    if (!scratch || !t32) {
+        free(scratch); /* the caller checks esum > 0 (every row sees its own key) */
         for (int64_t i = 0; i < B * R; i++)
             esum[i] = 0;
         return;
     }
     att_job j = {.a = acc, .B = B, .R = R, .T = T, .stride = stride, .rc = batch_splits(B, R, nt), .sq = sq,
                  .sk0 = sk0, .sv0 = sv0, .sk = sk, .sv = sv, .svmax = svmax, .P = P, .s0n = s0n, .s0h = s0h,
-                 .KV = KV, .pos = pos, .table = table, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
+                 .KV = KV, .pos = pos, .table = t32, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
                  .scratch = scratch};
     pool_for(B * j.rc, nt, softmax_task, &j);
     free(scratch);
+    free(t32);
 }
 
 /* Attention of one stream, fused (LANES only; returns 0 elsewhere or out of memory, nothing
@@ -637,7 +649,7 @@ typedef struct {
     const double *svmax;
     const int64_t *pos;
     double inv, steps;
-    const int64_t *table;
+    const int32_t *table;
     int64_t L;
     int64_t *o, *esum;
     __m512i *buf;
@@ -689,13 +701,18 @@ int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const 
     if (nt < 1)
         nt = 1;
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(KV * per_head + nt * per_thread));
-    if (!buf)
+    int32_t *t32 = table32(table, L);
+    if (!buf || !t32) {
+        free(buf);
+        free(t32);
         return 0;
+    }
     attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kv1, sk1, sv1, s1, T, svmax, pos, inv,
-                    steps, table, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
+                    steps, t32, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
     pool_for(KV, nt, attend_pack_task, &j);
     pool_for(KV * tiles, nt, attend_tile_task, &j);
     free(buf);
+    free(t32);
     return 1;
 #else
     (void)q, (void)sq, (void)KV, (void)R, (void)k0, (void)v0, (void)kv0, (void)sk0, (void)sv0, (void)s0, (void)P;
