@@ -417,33 +417,25 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
 /* The loops of softmax_rows.  The AVX-512 forms do the same IEEE double operations on 8 keys
  * at a time (the maximum and the integer sum do not depend on order), so their results are
  * the scalar loops' to the bit. */
-static void scores(const int32_t *a, double qs, const double *sk, double inv, int64_t j0, int64_t j1, double *out)
+/* out[j] = ((a[j] * qs) * sk[j]) * inv for j0 <= j < j1; returns the maximum of m and them. */
+static double scores(const int32_t *a, double qs, const double *sk, double inv, int64_t j0, int64_t j1, double *out,
+                     double m)
 {
     int64_t j = j0;
 #if defined(__AVX512F__)
-    __m512d vq = _mm512_set1_pd(qs), vi = _mm512_set1_pd(inv);
+    __m512d vq = _mm512_set1_pd(qs), vi = _mm512_set1_pd(inv), mx = _mm512_set1_pd(m);
     for (; j + 8 <= j1; j += 8) {
         __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i *)(a + j)));
         x = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(x, vq), _mm512_loadu_pd(sk + j)), vi);
         _mm512_storeu_pd(out + j, x);
+        mx = _mm512_max_pd(mx, x);
     }
+    m = _mm512_reduce_max_pd(mx);
 #endif
-    for (; j < j1; j++)
+    for (; j < j1; j++) {
         out[j] = (((double)a[j] * qs) * sk[j]) * inv;
-}
-
-static double row_max(const double *x, int64_t n)
-{
-    double m = -INFINITY;
-    int64_t j = 0;
-#if defined(__AVX512F__)
-    __m512d v = _mm512_set1_pd(-INFINITY);
-    for (; j + 8 <= n; j += 8)
-        v = _mm512_max_pd(v, _mm512_loadu_pd(x + j));
-    m = _mm512_reduce_max_pd(v);
-#endif
-    for (; j < n; j++)
-        m = x[j] > m ? x[j] : m;
+        m = out[j] > m ? out[j] : m;
+    }
     return m;
 }
 
@@ -496,9 +488,8 @@ static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0
         int32_t *pr = p + r * T;
         int64_t vis = pos[r] + 1 < T ? pos[r] + 1 : T, shared = vis < P ? vis : P;
         double qs = sq[r], m = -INFINITY, sm = svmax[r];
-        scores(ar, qs, sk0, inv, 0, shared, sbuf);
-        scores(ar, qs, sk - P, inv, shared, vis, sbuf);
-        m = row_max(sbuf, vis);
+        m = scores(ar, qs, sk0, inv, 0, shared, sbuf, m);
+        m = scores(ar, qs, sk - P, inv, shared, vis, sbuf, m);
         if (sm != ratio_sm)
             have = 0;
         for (int64_t j = have; j < shared; j++)
