@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinylmz import engine_portable, registry
+from tinylmz import elementwise, engine_portable, registry
 from tinylmz.engine_portable import PortableEngine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +231,7 @@ def test_softmax_weights_equal_the_numpy_definition():
                                tuple(np.broadcast_to(a, (n, H, P)) for a in (sk0, sv0)))
     skk = np.concatenate([np.broadcast_to(sk0, (n, H, P)), sk[..., :own]], -1)
     svv = np.concatenate([np.broadcast_to(sv0, (n, H, P)), sv[..., :own]], -1)
-    want_p, want_esum = engine_portable.attention_weights(acc.astype(np.float64), sq, skk, svv, svmax, pos, 0.125)
+    want_p, want_esum = elementwise.attention_weights(acc.astype(np.float64), sq, skk, svv, svmax, pos, 0.125)
     assert np.array_equal(p, want_p) and np.array_equal(esum, want_esum)
     assert (p == 1 << 16).any()
 
@@ -383,3 +383,17 @@ def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, 
         kernel.decode_step = real
         eng._steps = table
     assert len(calls) == steps
+
+
+def test_the_kernel_imports_nothing_above_it():
+    """Data flows one way: the native kernel's module (its load-time self-check included) imports
+    neither the engine nor the frequency function; their definitions are checked against it from
+    elementwise.py (imported by the kernel) and freqs.py (which imports the kernel)."""
+    import ast
+
+    tree = ast.parse((ROOT / "tinylmz" / "kernel.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names |= {node.module} if node.module else {a.name for a in node.names}
+    assert names == {"elementwise", "registry", "tables", "threads"}, names

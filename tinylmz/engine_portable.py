@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import kernel, tables, threads
+from .elementwise import EXP, SIG, attention_weights, quant, rmsnorm, rope, silu
 from .errors import EngineMismatch, TinylmzError
 from .weights import KCHUNK, QLinear, Weights
 
@@ -49,8 +50,6 @@ def window_start(q: int, window: int) -> int:
     every token sees between ``window - WINDOW_STEP + 1`` and ``window`` of its stream's tokens
     (all of them near the start), and the encoder's chunks of WINDOW_STEP share one start."""
     return max(0, (q // WINDOW_STEP + 1) * WINDOW_STEP - window)
-_EXP = tables.att_exp()
-_SIG = tables.sigmoid()
 
 
 def check_float_environment() -> None:
@@ -65,13 +64,6 @@ def check_float_environment() -> None:
         raise TinylmzError("float32 BLAS is not exact on integers here (reduced-precision mode?)")
 
 
-def _quant(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric quantization of the last axis: (integer-valued float64, scale float64)."""
-    amax = np.abs(x).max(axis=-1, keepdims=True)
-    s = np.where(amax > 0, amax / levels, 1.0)
-    return np.rint(x / s), s
-
-
 def matmul(x: np.ndarray, w: QLinear) -> np.ndarray:
     """``x @ W.T`` for float64 rows x, with x quantized to int16 per row; exact integer products."""
     shape = x.shape
@@ -79,7 +71,7 @@ def matmul(x: np.ndarray, w: QLinear) -> np.ndarray:
     if w.native is not None:  # the same steps in C (kernel.qmatmul), fused
         y = kernel.qmatmul(x, w.native, w.scale)
     else:
-        xq, sx = _quant(x, 32767)
+        xq, sx = quant(x, 32767)
         y = _blas_products(xq, w) * sx * w.scale  # exact integer products: |acc| < 2^53
     return y.reshape(*shape[:-1], w.n)
 
@@ -100,53 +92,6 @@ def _blas_products(xq: np.ndarray, w: QLinear) -> np.ndarray:
         part = (both[:, k0 : k0 + step] @ w.t[k0 : k0 + step]).astype(np.float64)
         acc = part if acc is None else acc + part
     return acc[:n] * 256 + acc[n:]
-
-
-def rmsnorm(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
-    xq, s = _quant(x, 32767)
-    ss = (xq * xq).sum(axis=-1, keepdims=True)  # integers < 2^53: exact in any order
-    r = np.sqrt(s * s * ss / x.shape[-1] + eps)
-    return xq * s / r * g
-
-
-def silu(g: np.ndarray) -> np.ndarray:
-    """g * sigmoid(g), the sigmoid interpolated linearly on a 1/64 grid over [-16, 16]."""
-    t = (np.clip(g, -tables.SIG_RANGE, tables.SIG_RANGE) + tables.SIG_RANGE) * tables.SIG_STEPS
-    i = np.floor(t)
-    f = t - i
-    i = i.astype(np.int64)
-    sig = _SIG[i] + (_SIG[i + 1] - _SIG[i]) * f
-    sig = np.where(g < -tables.SIG_RANGE, 0.0, sig)
-    return g * sig
-
-
-def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate adjacent pairs (GGUF llama layout); x (..., t, heads, dim), cos/sin (t, dim/2)."""
-    half = cos.shape[-1]
-    a, b = x[..., 0 : 2 * half : 2], x[..., 1 : 2 * half : 2]
-    c, s = cos[:, None, :], sin[:, None, :]
-    out = x.copy()
-    out[..., 0 : 2 * half : 2] = a * c - b * s
-    out[..., 1 : 2 * half : 2] = a * s + b * c
-    return out
-
-
-def attention_weights(acc, sq, sk, sv, svmax, pos, inv) -> tuple[np.ndarray, np.ndarray]:
-    """Integer attention weights from integer scores: the definition ``kernel.softmax_p`` follows.
-
-    acc (n, H, R, T) scores of query rows at positions ``pos`` (R,) against keys 0..T-1 (key j
-    visible when j <= pos); sq (n, H, R) query scales; sk, sv (n, H, T) key and value scales;
-    svmax (n, H, R) the largest visible value scale.  Returns p (float64, integers <= 2^16) and
-    their row sums esum (n, H, R).
-    """
-    s = acc * sq[..., None] * sk[:, :, None, :] * inv
-    visible = np.arange(acc.shape[-1])[None, :] <= pos[:, None]
-    s = np.where(visible, s, -np.inf)
-    m = s.max(axis=-1, keepdims=True)
-    d = np.minimum(np.rint((m - s) * tables.ATT_STEPS), len(_EXP) - 1).astype(np.int64)
-    e = _EXP[d]  # masked entries hit the final 0
-    p = np.rint(e * (sv[:, :, None, :] / svmax[..., None]))
-    return p, e.sum(axis=-1)
 
 
 class Cache:
@@ -275,7 +220,7 @@ class PortableEngine:
         self.inv_sqrt_d = 1.0 / np.sqrt(np.float64(self.cfg.head_dim))
         # the native kernel's versions of the elementwise steps (same numbers, checked when it loads)
         self._norm, self._rope, self._quant = (kernel.rmsnorm, kernel.rope, kernel.quant) if self.native else (
-            rmsnorm, rope, _quant)
+            rmsnorm, rope, quant)
         self.governor = threads.Governor()  # the kernel's thread count, chosen by measuring
         # a decoding step's layers in one native call (the same numbers as the layer loop)
         self._steps = kernel.step_table(self.w.layers) if self.native else None
@@ -375,11 +320,11 @@ class PortableEngine:
         shared = None if sh is None else tuple(a[:, :1, :, :P] for a in (sh.k, sh.v, sh.sk, sh.sv, sh.svc))
         kernel.decode_step(x, dims, table, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
                            (cache.k, cache.v, cache.sk, cache.sv, cache.svc), o0, cache.lo, shared, self.inv_sqrt_d,
-                           tables.ATT_STEPS, _EXP, _SIG, tables.SIG_RANGE, tables.SIG_STEPS)
+                           tables.ATT_STEPS, EXP, SIG, tables.SIG_RANGE, tables.SIG_STEPS)
 
     def _swiglu(self, gu: np.ndarray) -> np.ndarray:
         if self.native:  # the same arithmetic in C (kernel.swiglu)
-            return kernel.swiglu(gu, _SIG, tables.SIG_RANGE, tables.SIG_STEPS)
+            return kernel.swiglu(gu, SIG, tables.SIG_RANGE, tables.SIG_STEPS)
         return silu(gu[..., : self.cfg.n_ff]) * gu[..., self.cfg.n_ff :]
 
     def _attend(self, q: np.ndarray, cache: Cache, li: int, end: int) -> np.ndarray:
@@ -413,7 +358,7 @@ class PortableEngine:
         if n == 1 and kernel.fused_attention(D, R):  # one stream (the encoder's case): one fused pass
             shared = None if sh is None else (sh.k[li, 0], sh.v[li, 0], sh.sk[li, 0], sh.sv[li, 0])
             pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], (ck[0], cv[0], csk[0], csv[0]), shared, P, end, svmax[0],
-                                      pos, self.inv_sqrt_d, tables.ATT_STEPS, _EXP)
+                                      pos, self.inv_sqrt_d, tables.ATT_STEPS, EXP)
             return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, ck, own, out=acc[..., P:])
@@ -424,7 +369,7 @@ class PortableEngine:
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
         shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
         p, esum = kernel.softmax_p(acc, sq[..., 0], csk, csv, svmax, pos, self.inv_sqrt_d,
-                                   tables.ATT_STEPS, _EXP, shared, out=acc)  # weights over the scores, in place
+                                   tables.ATT_STEPS, EXP, shared, out=acc)  # weights over the scores, in place
         pv = kernel.attn_values(p[..., P:], cv)
         # exact integer sums: splitting them between shared and own keys changes nothing
         if sh is not None and n == 1:

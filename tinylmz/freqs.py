@@ -108,7 +108,7 @@ def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tu
     from . import kernel
 
     logits, width = _rows(logits, width)
-    if kernel.load() is not None:
+    if _native() is not None:
         return kernel.freq_sym(logits, ids, width, exp_table(), TOTAL)
     c = cumulative(logits, width)
     rows = np.arange(len(ids))
@@ -136,7 +136,7 @@ def pick(logits: np.ndarray, width: int, sym, decode: bool = False, biases=None)
     for i, (xs, vs) in enumerate(biases or ()):
         nb[i] = len(xs)
         bx[i, : len(xs)], bv[i, : len(xs)] = xs, vs
-    if kernel.load() is not None:
+    if _native() is not None:
         return kernel.freq_pick(logits, width, exp_table(), TOTAL, sym, decode, nb, bx, bv)
     return pick_reference(logits, width, sym, decode, nb, bx, bv)
 
@@ -165,12 +165,12 @@ def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:
     """Cumulative tables ``[0, f0, f0+f1, ..., TOTAL]``, shape (n, width+1): what the decoder searches.
 
     The native kernel computes the same integers in one pass when it is available
-    (``kernel.load`` checks it against ``frequencies`` before use).
+    (``_native`` checks it against ``frequencies`` before it is used).
     """
     from . import kernel
 
     logits, width = _rows(logits, width)
-    if kernel.load() is not None:
+    if _native() is not None:
         return kernel.freq_cum(logits, width, exp_table(), TOTAL)
     f = frequencies(logits, width)
     c = np.zeros((f.shape[0], f.shape[1] + 1), dtype=np.int64)
@@ -188,3 +188,41 @@ def model_bits(logits: np.ndarray, ids: np.ndarray) -> float:
     m = x.max(axis=1, keepdims=True)
     lse = np.log(np.exp(x - m).sum(axis=1)) + m[:, 0]
     return float(((lse - x[np.arange(len(ids)), ids]) / np.log(2)).sum())
+
+
+@functools.lru_cache(maxsize=None)
+def _native():
+    """The native kernel, if it builds here and its frequency functions give this module's numbers
+    to the bit (ties, NaN and infinities, ids past the logits, biased ids, both search ends)."""
+    from . import kernel
+
+    fn = kernel.load()
+    return fn if fn is not None and _check_native(fn.lib) else None
+
+
+def _check_native(lib) -> bool:
+    from . import kernel
+
+    rng = np.random.default_rng(3)
+    table = exp_table()
+    lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
+    lg[1, 5:9] = lg[1].max()  # ties for the maximum
+    lg[2, :3] = (np.nan, np.inf, -np.inf)
+    want = np.cumsum(np.concatenate([np.zeros((3, 1), np.int64), frequencies(lg, 703)], 1), 1)
+    if not np.array_equal(kernel.freq_cum(lg, 703, table, TOTAL, lib), want):
+        return False
+    for ids in ([0, 5, 1], [699, 700, 702], [int(np.argmax(lg[0])), 6, 2]):  # ids past V, the maxima
+        cum, f = kernel.freq_sym(lg, np.array(ids), 703, table, TOTAL, lib)
+        if not (np.array_equal(cum, want[[0, 1, 2], ids]) and np.array_equal(f, want[[0, 1, 2], np.add(ids, 1)] - cum)):
+            return False
+    nb, bx, bv = np.array([2, 0, 1]), np.array([[3, 7], [0, 0], [690, 0]]), np.array([[3000, -90], [0, 0], [5000, 0]])
+    for ids in ([0, 5, 1], [699, 700, 702], [3, 6, 690]):
+        want_t = pick_reference(lg, 703, np.array(ids), False, nb, bx, bv)
+        got = kernel.freq_pick(lg, 703, table, TOTAL, np.array(ids), False, nb, bx, bv, lib)
+        if not all(np.array_equal(a, b) for a, b in zip(got, want_t)):
+            return False
+        targets = want_t[1] + want_t[2] // 2  # inside each row's symbol: decodes back to it
+        got = kernel.freq_pick(lg, 703, table, TOTAL, targets, True, nb, bx, bv, lib)
+        if not all(np.array_equal(a, b) for a, b in zip(got, want_t)):
+            return False
+    return True

@@ -23,7 +23,7 @@ static double row_absmax(const double *x, int64_t K)
     return amax;
 }
 
-/* Per-row symmetric quantization to int16, as engine_portable._quant(x, levels):
+/* Per-row symmetric quantization to int16, as elementwise.quant(x, levels):
  * s = max|x| / levels (1 where the row is all zeros), q = rint(x / s). */
 void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale)
 {
@@ -47,7 +47,7 @@ void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, d
     }
 }
 
-/* RMSNorm as engine_portable.rmsnorm: x quantized to int16 per row (s, q = rint(x / s)),
+/* RMSNorm as elementwise.rmsnorm: x quantized to int16 per row (s, q = rint(x / s)),
  * ss = sum q^2 (integers: exact in any order), r = sqrt(s * s * ss / K + eps),
  * out = q * s / r * g, each step one IEEE operation in numpy's order. */
 void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps, double *out)
@@ -84,7 +84,7 @@ void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps,
     }
 }
 
-/* RoPE as engine_portable.rope, rows of `heads` vectors of `dim` (row r starts at x + r * ld):
+/* RoPE as elementwise.rope, rows of `heads` vectors of `dim` (row r starts at x + r * ld):
  * pairs (a, b) = x[2i], x[2i + 1] for i < half become (a c - b s, a s + b c), with c, s the
  * table entries of the row's position (row % t); the rest of each vector is copied. */
 void rope(const double *x, int64_t rows, int64_t ld, int64_t t, int64_t heads, int64_t dim, int64_t half,
@@ -105,7 +105,7 @@ void rope(const double *x, int64_t rows, int64_t ld, int64_t t, int64_t heads, i
     }
 }
 
-/* SwiGLU as engine_portable.silu(g) * u, for rows gu = [g | u] of 2 * F doubles:
+/* SwiGLU as elementwise.silu(g) * u, for rows gu = [g | u] of 2 * F doubles:
  *   t = (clip(g, -R, R) + R) * steps;  i = floor(t);  f = t - i
  *   sig = S[i] + (S[i + 1] - S[i]) * f   (0 where g < -R);  out = (g * sig) * u
  */
