@@ -4,7 +4,8 @@ The C files in ``tinylmz/native/`` (matrix products, attention, elementwise step
 frequency tables) are compiled on first use with the system C compiler (``$CC`` or
 ``cc``, ``-O3 -march=native -pthread``, falling back to fewer flags) into one library
 in the cache folder, keyed by the sources, the compiler and the CPU, then checked
-against the numpy definitions on random data before use.  The matrix and attention
+against the numpy definitions (``elementwise.py``) on random data before use; the
+frequency functions are checked by ``freqs.py``, their definition's module.  The matrix and attention
 products are integer (lane-wise with AVX-512 VNNI, AVX2 or plain C otherwise), so they
 are exact on any machine; the float steps done in C (quantizing and dequantizing,
 RMSNorm, RoPE, SwiGLU, softmax weights, frequency tables) are the same IEEE operations
