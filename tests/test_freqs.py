@@ -1,6 +1,7 @@
 """Logits → integer frequencies: fixed total, every id >= 1, deterministic tables."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -107,3 +108,17 @@ def test_pick_equals_whole_tables(logits, extra, data):
         dec = freqs.pick(logits, width, t, decode=True, biases=biases)
         assert np.array_equal(dec[0], ids) and np.array_equal(dec[1], want[1]) and np.array_equal(dec[2], want[2])
     assert np.array_equal(freqs.row_max(logits), freqs.fixed_logits(logits).max(axis=1))
+
+
+def test_native_frequency_functions_refuse_totals_their_int32_tables_cannot_hold():
+    """The native passes keep frequencies and exp entries in int32: a total above 2^30 is refused
+    with a clear error instead of wrapping around."""
+    from tinylmz import kernel
+
+    assert kernel.load() is not None
+    lg = np.zeros((1, 10), dtype=np.float32)
+    with pytest.raises(ValueError, match="2\\^30"):
+        kernel.freq_cum(lg, 10, freqs.exp_table(), 1 << 31)
+    with pytest.raises(ValueError, match="2\\^30"):
+        kernel.freq_sym(lg, np.array([3]), 10, freqs.exp_table() * 4, freqs.TOTAL)
+    assert kernel.freq_cum(lg, 10, freqs.exp_table(), freqs.TOTAL)[0, -1] == freqs.TOTAL

@@ -531,9 +531,15 @@ def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> tuple
     return np.array(rows, dtype=np.int64), packed
 
 
+def _check_total(total: int, table: np.ndarray) -> None:
+    if total > 1 << 30 or (len(table) and table[0] > 1 << 30):
+        raise ValueError("the native frequency functions take totals and exp tables up to 2^30")
+
+
 def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=None) -> np.ndarray:
     """Cumulative frequency tables (n, width + 1) of float32 logits (n, V): ``freqs.cumulative``."""
     lib = lib or load().lib
+    _check_total(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     cum = np.empty((n, width + 1), dtype=np.int64)
@@ -548,6 +554,7 @@ def freq_pick(logits: np.ndarray, width: int, table: np.ndarray, total: int, sym
               nb: np.ndarray, bx: np.ndarray, bv: np.ndarray, lib=None):
     """``freqs.pick`` in C: (symbols, cum, freq, frequencies of the set ids)."""
     lib = lib or load().lib
+    _check_total(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     sym = np.array(sym, dtype=np.int64)  # a copy: decoding writes the symbols over the targets
@@ -571,6 +578,7 @@ def freq_sym(logits: np.ndarray, ids: np.ndarray, width: int, table: np.ndarray,
              lib=None) -> tuple[np.ndarray, np.ndarray]:
     """(cum, freq) of ``ids`` under the rows of float32 logits (n, V): ``freqs.symbols``."""
     lib = lib or load().lib
+    _check_total(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     ids = np.ascontiguousarray(ids, dtype=np.int64)

@@ -174,6 +174,8 @@ typedef struct {
 /* Run task over the job's rows on nt threads, each with its scratch table F (0: out of memory). */
 static int64_t run_rows(freq_job *j, int64_t nt, void (*task)(void *, int64_t, int64_t))
 {
+    if (j->total > (1 << 30) || (j->L > 0 && j->table[0] > (1 << 30)))
+        return 0; /* the int32 tables and sums above hold frequencies and EXP entries up to 2^30 only */
     if (nt > j->n)
         nt = j->n > 0 ? j->n : 1;
     if (nt < 1)
