@@ -246,6 +246,9 @@ def main(argv=None) -> int:
         lines = GENERATORS[a.gen](a.n)
         sys.stdout.buffer.write(b"".join(x + b"\n" for x in lines if x))
         return 0
+    if a.load:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench import busy  # the same busy-loop processes as bench.py's --load
     results = []
     kinds = {"both": ["csv", "jsonl"], "all": list(GENERATORS)}.get(a.data, [a.data])
     for kind in kinds:
@@ -257,9 +260,6 @@ def main(argv=None) -> int:
         if not a.no_tinylmz:
             rows.append(bench_tinylmz(context, test, a.model, a.engine, a.profile, min(a.single, len(test))))
             if a.load:
-                sys.path.insert(0, str(ROOT / "scripts"))
-                from bench import busy
-
                 with busy(a.load):
                     row = bench_tinylmz(context, test, a.model, a.engine, False, min(a.single, len(test)))
                 rows.append({**row, "method": f"{row['method'][:34]} +{a.load} busy"})

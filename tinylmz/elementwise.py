@@ -14,6 +14,7 @@ import numpy as np
 from . import tables
 
 EXP = tables.att_exp()
+EXP32 = EXP.astype(np.int32)  # the same entries (<= 2^16) as the native kernels read them
 SIG = tables.sigmoid()
 
 

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import kernel, tables, threads
-from .elementwise import EXP, SIG, attention_weights, quant, rmsnorm, rope, silu
+from .elementwise import EXP32, SIG, attention_weights, quant, rmsnorm, rope, silu
 from .errors import EngineMismatch, TinylmzError
 from .weights import KCHUNK, QLinear, Weights
 
@@ -320,7 +320,7 @@ class PortableEngine:
         shared = None if sh is None else tuple(a[:, :1, :, :P] for a in (sh.k, sh.v, sh.sk, sh.sv, sh.svc))
         kernel.decode_step(x, dims, table, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
                            (cache.k, cache.v, cache.sk, cache.sv, cache.svc), o0, cache.lo, shared, self.inv_sqrt_d,
-                           tables.ATT_STEPS, EXP, SIG, tables.SIG_RANGE, tables.SIG_STEPS)
+                           tables.ATT_STEPS, EXP32, SIG, tables.SIG_RANGE, tables.SIG_STEPS)
 
     def _swiglu(self, gu: np.ndarray) -> np.ndarray:
         if self.native:  # the same arithmetic in C (kernel.swiglu)
@@ -358,7 +358,7 @@ class PortableEngine:
         if n == 1 and kernel.fused_attention(D, R):  # one stream (the encoder's case): one fused pass
             shared = None if sh is None else (sh.k[li, 0], sh.v[li, 0], sh.sk[li, 0], sh.sv[li, 0])
             pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], (ck[0], cv[0], csk[0], csv[0]), shared, P, end, svmax[0],
-                                      pos, self.inv_sqrt_d, tables.ATT_STEPS, EXP)
+                                      pos, self.inv_sqrt_d, tables.ATT_STEPS, EXP32)
             return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
         acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, ck, own, out=acc[..., P:])
@@ -369,7 +369,7 @@ class PortableEngine:
             acc[..., :P] = kernel.attn_scores(rows, sh.k[li, :1], P).reshape(KV, n, R, P).transpose(1, 0, 2, 3)
         shared = None if sh is None else tuple(np.broadcast_to(a[li, :1, :, :P], (n, KV, P)) for a in (sh.sk, sh.sv))
         p, esum = kernel.softmax_p(acc, sq[..., 0], csk, csv, svmax, pos, self.inv_sqrt_d,
-                                   tables.ATT_STEPS, EXP, shared, out=acc)  # weights over the scores, in place
+                                   tables.ATT_STEPS, EXP32, shared, out=acc)  # weights over the scores, in place
         pv = kernel.attn_values(p[..., P:], cv)
         # exact integer sums: splitting them between shared and own keys changes nothing
         if sh is not None and n == 1:

@@ -46,6 +46,12 @@ def exp_table() -> np.ndarray:
     return np.array(vals, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=None)
+def exp_table32() -> np.ndarray:
+    """``exp_table()`` as int32 (its entries are <= 2^30), as the native kernel reads it."""
+    return exp_table().astype(np.int32)
+
+
 def table_digest() -> str:
     return hashlib.sha256(exp_table().tobytes()).hexdigest()
 
@@ -109,7 +115,7 @@ def symbols(logits: np.ndarray, ids: np.ndarray, width: int | None = None) -> tu
 
     logits, width = _rows(logits, width)
     if _native() is not None:
-        return kernel.freq_sym(logits, ids, width, exp_table(), TOTAL)
+        return kernel.freq_sym(logits, ids, width, exp_table32(), TOTAL)
     c = cumulative(logits, width)
     rows = np.arange(len(ids))
     ids = np.asarray(ids, dtype=np.int64)
@@ -137,7 +143,7 @@ def pick(logits: np.ndarray, width: int, sym, decode: bool = False, biases=None)
         nb[i] = len(xs)
         bx[i, : len(xs)], bv[i, : len(xs)] = xs, vs
     if _native() is not None:
-        return kernel.freq_pick(logits, width, exp_table(), TOTAL, sym, decode, nb, bx, bv)
+        return kernel.freq_pick(logits, width, exp_table32(), TOTAL, sym, decode, nb, bx, bv)
     return pick_reference(logits, width, sym, decode, nb, bx, bv)
 
 
@@ -171,7 +177,7 @@ def cumulative(logits: np.ndarray, width: int | None = None) -> np.ndarray:
 
     logits, width = _rows(logits, width)
     if _native() is not None:
-        return kernel.freq_cum(logits, width, exp_table(), TOTAL)
+        return kernel.freq_cum(logits, width, exp_table32(), TOTAL)
     f = frequencies(logits, width)
     c = np.zeros((f.shape[0], f.shape[1] + 1), dtype=np.int64)
     np.cumsum(f, axis=1, out=c[:, 1:])
@@ -204,7 +210,7 @@ def _check_native(lib) -> bool:
     from . import kernel
 
     rng = np.random.default_rng(3)
-    table = exp_table()
+    table = exp_table32()
     lg = (rng.standard_normal((3, 700)) * 9).astype(np.float32)
     lg[1, 5:9] = lg[1].max()  # ties for the maximum
     lg[2, :3] = (np.nan, np.inf, -np.inf)

@@ -420,7 +420,7 @@ def attend1(q: np.ndarray, sq: np.ndarray, own: tuple, shared: tuple | None, P: 
     sq = np.ascontiguousarray(sq, dtype=np.float64)
     svmax = np.ascontiguousarray(svmax, dtype=np.float64)
     pos = np.ascontiguousarray(pos, dtype=np.int64)
-    table = np.ascontiguousarray(table, dtype=np.int64)
+    table = _table32(table)
     o = np.empty((H, R, D), dtype=np.int64)
     esum = np.empty((H, R), dtype=np.int64)
     if not lib.attend1(q.ctypes.data, sq.ctypes.data, H, R, k0.ctypes.data, v0.ctypes.data, k0.strides[0],
@@ -454,7 +454,7 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
     sq = np.ascontiguousarray(sq, dtype=np.float64)
     svmax = np.ascontiguousarray(svmax, dtype=np.float64)
     pos = np.ascontiguousarray(pos, dtype=np.int64)
-    table = np.ascontiguousarray(table, dtype=np.int64)
+    table = _table32(table)
     # out may be acc itself: each row's scores are all read before its weights are written
     p = np.empty((n, H, R, T), dtype=np.int32) if out is None else out
     assert p.shape == (n, H, R, T) and p.dtype == np.int32 and p.flags.c_contiguous
@@ -481,6 +481,7 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     """
     lib = lib or load().lib
     k, v, sk, sv, svc = own
+    exp = _table32(exp)
     D = int(dims[4])
     ls, ns, cap = sk.strides[0] // 8, sk.strides[1] // 8, sk.shape[3]
     for a in (sk, sv, svc):
@@ -531,15 +532,27 @@ def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> tuple
     return np.array(rows, dtype=np.int64), packed
 
 
-def _check_total(total: int, table: np.ndarray) -> None:
-    if total > 1 << 30 or (len(table) and table[0] > 1 << 30):
+def _table32(table: np.ndarray) -> np.ndarray:
+    """An exp table as the kernels read it: int32 (a copy only if it is not one already: callers on
+    a hot path pass ``elementwise.EXP32`` or ``freqs.exp_table32()``)."""
+    if table.dtype == np.int32 and table.flags.c_contiguous:
+        return table
+    if len(table) and not 0 <= table.min() <= table.max() <= 1 << 30:
+        raise ValueError("the native kernels take exp tables with entries from 0 to 2^30")
+    return np.ascontiguousarray(table, dtype=np.int32)
+
+
+def _freq_table(total: int, table: np.ndarray) -> np.ndarray:
+    """The table as int32, after checking that a total of ``total`` fits the kernels' int32 sums."""
+    if total > 1 << 30:
         raise ValueError("the native frequency functions take totals and exp tables up to 2^30")
+    return _table32(table)
 
 
 def freq_cum(logits: np.ndarray, width: int, table: np.ndarray, total: int, lib=None) -> np.ndarray:
     """Cumulative frequency tables (n, width + 1) of float32 logits (n, V): ``freqs.cumulative``."""
     lib = lib or load().lib
-    _check_total(total, table)
+    table = _freq_table(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     cum = np.empty((n, width + 1), dtype=np.int64)
@@ -554,7 +567,7 @@ def freq_pick(logits: np.ndarray, width: int, table: np.ndarray, total: int, sym
               nb: np.ndarray, bx: np.ndarray, bv: np.ndarray, lib=None):
     """``freqs.pick`` in C: (symbols, cum, freq, frequencies of the set ids)."""
     lib = lib or load().lib
-    _check_total(total, table)
+    table = _freq_table(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     sym = np.array(sym, dtype=np.int64)  # a copy: decoding writes the symbols over the targets
@@ -578,7 +591,7 @@ def freq_sym(logits: np.ndarray, ids: np.ndarray, width: int, table: np.ndarray,
              lib=None) -> tuple[np.ndarray, np.ndarray]:
     """(cum, freq) of ``ids`` under the rows of float32 logits (n, V): ``freqs.symbols``."""
     lib = lib or load().lib
-    _check_total(total, table)
+    table = _freq_table(total, table)
     x = np.ascontiguousarray(logits, dtype=np.float32)
     n, V = x.shape
     ids = np.ascontiguousarray(ids, dtype=np.int64)

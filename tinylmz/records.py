@@ -317,7 +317,7 @@ class RecordCodec:
             cum, fr = freqs.symbols(rows[: len(real)], real, w) if len(real) else ((), ())
             return cum, fr, np.ones(len(rows), dtype=np.int64)
         # the newline "biased" to its own logit leaves the table as it is and reports its frequency
-        biases = [([nl], [freqs.fixed_at(row, nl)]) for row in rows]
+        biases = [([nl], [v]) for v in freqs.fixed_logits(rows[:, nl]).tolist()]
         _, cum, fr, fx = freqs.pick(rows, w, np.append(real, nl)[: len(rows)], biases=biases)
         return cum[: len(real)], fr[: len(real)], fx[:, 0]
 

@@ -440,7 +440,7 @@ static double scores(const int32_t *a, double qs, const double *sk, double inv, 
 }
 
 /* e = table[min(rint((m - s) * steps), L - 1)];  p = rint(e * ratio);  returns sum(e).
- * table: the exp table as int32 (its entries are <= 2^16), half the bytes of the int64 one. */
+ * table: the exp table, int32 (its entries are <= 2^16): half the bytes of int64 ones. */
 static int64_t weights(const double *s, const double *ratio, int64_t n, double m, double steps,
                        const int32_t *table, int64_t L, int32_t *p)
 {
@@ -466,14 +466,6 @@ static int64_t weights(const double *s, const double *ratio, int64_t n, double m
         p[j] = (int32_t)nearbyint((double)e * ratio[j]);
     }
     return total;
-}
-
-static int32_t *table32(const int64_t *table, int64_t L)
-{
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)(L > 0 ? L : 1));
-    for (int64_t i = 0; t && i < L; i++)
-        t[i] = (int32_t)table[i];
-    return t;
 }
 
 static void softmax_rows(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
@@ -594,25 +586,22 @@ static void softmax_task(void *p, int64_t t, int64_t me)
 void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
                   int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
-                  const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
+                  const int32_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt)
 {
     if (nt < 1)
         nt = 1;
     double *scratch = malloc(sizeof(double) * 2 * (T > 0 ? T : 1) * nt);
-    int32_t *t32 = table32(table, L);
-    if (!scratch || !t32) {
-        free(scratch); /* the caller checks esum > 0 (every row sees its own key) */
+    if (!scratch) { /* the caller checks esum > 0 (every row sees its own key) */
         for (int64_t i = 0; i < B * R; i++)
             esum[i] = 0;
         return;
     }
     att_job j = {.a = acc, .B = B, .R = R, .T = T, .stride = stride, .rc = batch_splits(B, R, nt), .sq = sq,
                  .sk0 = sk0, .sv0 = sv0, .sk = sk, .sv = sv, .svmax = svmax, .P = P, .s0n = s0n, .s0h = s0h,
-                 .KV = KV, .pos = pos, .table = t32, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
+                 .KV = KV, .pos = pos, .table = table, .inv = inv, .steps = steps, .L = L, .p = p, .esum = esum,
                  .scratch = scratch};
     pool_for(B * j.rc, nt, softmax_task, &j);
     free(scratch);
-    free(t32);
 }
 
 /* Attention of one stream, fused (LANES only; returns 0 elsewhere or out of memory, nothing
@@ -681,7 +670,7 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
 int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const int8_t *k0, const int8_t *v0,
                 int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P, const int8_t *k1,
                 const int8_t *v1, int64_t kv1, const double *sk1, const double *sv1, int64_t s1, int64_t T,
-                const double *svmax, const int64_t *pos, double inv, double steps, const int64_t *table, int64_t L,
+                const double *svmax, const int64_t *pos, double inv, double steps, const int32_t *table, int64_t L,
                 int64_t *o, int64_t *esum, int64_t nt)
 {
 #if LANES
@@ -692,18 +681,13 @@ int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const 
     if (nt < 1)
         nt = 1;
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(KV * per_head + nt * per_thread));
-    int32_t *t32 = table32(table, L);
-    if (!buf || !t32) {
-        free(buf);
-        free(t32);
+    if (!buf)
         return 0;
-    }
     attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kv1, sk1, sv1, s1, T, svmax, pos, inv,
-                    steps, t32, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
+                    steps, table, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
     pool_for(KV, nt, attend_pack_task, &j);
     pool_for(KV * tiles, nt, attend_tile_task, &j);
     free(buf);
-    free(t32);
     return 1;
 #else
     (void)q, (void)sq, (void)KV, (void)R, (void)k0, (void)v0, (void)kv0, (void)sk0, (void)sv0, (void)s0, (void)P;

@@ -1,7 +1,7 @@
 #include "common.h"
 
 /* Frequency tables, exactly as freqs.frequencies (read its docstring).  logits float32
- * (n x V); width >= V symbols (ids >= V get frequency 1); table = EXP (L entries, the last 0).
+ * (n x V); width >= V symbols (ids >= V get frequency 1); table = EXP as int32 (L entries, the last 0).
  * Float steps: one multiplication by 256 (exact) and rint (round half to even, the default
  * rounding mode, as numpy's rint); everything after is integer.  A frequency depends on d
  * only, so each row first tabulates F[d] = 1 + EXP[d] * (total - width) / wsum for the d
@@ -127,8 +127,7 @@ static int64_t fsum_range(const int32_t *dist, int64_t j0, int64_t j1, const int
  * clamped distance to the top, and the frequency of id j is F[fixed[j]] (+ adjust at arg).
  * below_at >= 0: also returns in *below the sum of the frequencies of ids < below_at (< V),
  * from the same pass that sums them all. */
-static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int64_t *table, const int32_t *table32,
-                           int64_t L, int64_t total, int32_t *fixed, int32_t *F, int64_t nb, const int64_t *bx,
+static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int32_t *table, int64_t L, int64_t total, int32_t *fixed, int32_t *F, int64_t nb, const int64_t *bx,
                            const int32_t *bv, int64_t below_at, int64_t *below)
 {
     freq_row_t r = {INT32_MIN, 0, 0, 0};
@@ -139,11 +138,11 @@ static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int6
         r.top = max_i32(fixed, V);
     }
     r.arg = first_at(fixed, V, r.top);
-    int64_t wsum = distances(fixed, V, r.top, table32, L, &r.dmax);
+    int64_t wsum = distances(fixed, V, r.top, table, L, &r.dmax);
     int64_t spread = total - width, fsum = width - V;
     int64_t d = 0;
-    for (; d <= r.dmax && table[d] * spread >= wsum; d++) /* table decreases: past here the quotient is 0 */
-        F[d] = (int32_t)(1 + table[d] * spread / wsum);
+    for (; d <= r.dmax && (int64_t)table[d] * spread >= wsum; d++) /* table decreases: past here the quotient is 0 */
+        F[d] = (int32_t)(1 + (int64_t)table[d] * spread / wsum);
     for (; d <= r.dmax; d++)
         F[d] = 1;
     if (below_at >= 0) {
@@ -161,9 +160,9 @@ static freq_row_t freq_row(const float *lr, int64_t V, int64_t width, const int6
 typedef struct {
     const float *logits;
     int64_t n, V, width, L, total, tasks;
-    const int64_t *table;
+    const int32_t *table; /* EXP, int32: its entries are <= 2^30 */
     int32_t *fixed_rows;
-    int32_t *F_all, *table32; /* per thread a table F (int32: <= 2^28 + 1); EXP as int32 (<= 2^30) */
+    int32_t *F_all; /* per thread a table F (int32: <= 2^28 + 1) */
     int64_t *cum, *freq;
     /* freq_pick: per row nb[i] <= maxb logits set to bv at ids bx; their frequencies out in fx */
     const int64_t *nb, *bx;
@@ -174,24 +173,17 @@ typedef struct {
 /* Run task over the job's rows on nt threads, each with its scratch table F (0: out of memory). */
 static int64_t run_rows(freq_job *j, int64_t nt, void (*task)(void *, int64_t, int64_t))
 {
-    if (j->total > (1 << 30) || (j->L > 0 && j->table[0] > (1 << 30)))
-        return 0; /* the int32 tables and sums above hold frequencies and EXP entries up to 2^30 only */
+    if (j->total > (1 << 30))
+        return 0; /* the int32 tables and sums above hold frequencies up to 2^30 only */
     if (nt > j->n)
         nt = j->n > 0 ? j->n : 1;
     if (nt < 1)
         nt = 1;
     j->F_all = malloc(sizeof(int32_t) * (size_t)(j->L * nt));
-    j->table32 = malloc(sizeof(int32_t) * (size_t)(j->L > 0 ? j->L : 1));
-    if (!j->F_all || !j->table32) {
-        free(j->F_all);
-        free(j->table32);
+    if (!j->F_all)
         return 0;
-    }
-    for (int64_t d = 0; d < j->L; d++)
-        j->table32[d] = (int32_t)j->table[d];
     pool_for(j->tasks, nt, task, j);
     free(j->F_all);
-    free(j->table32);
     return 1;
 }
 
@@ -204,7 +196,7 @@ static void cum_task(void *p, int64_t t, int64_t me)
     for (int64_t i = j->n * t / j->tasks; i < j->n * (t + 1) / j->tasks; i++) {
         int32_t *fixed = j->fixed_rows + i * V;
         int64_t *c = j->cum + i * (width + 1);
-        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->table32, j->L, j->total, fixed, F, 0, NULL, NULL, -1,
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, 0, NULL, NULL, -1,
                                 NULL);
         c[0] = 0;
         for (int64_t k = 0; k < V; k++)
@@ -214,10 +206,10 @@ static void cum_task(void *p, int64_t t, int64_t me)
     }
 }
 
-int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table,
+int64_t freq_cum(const float *logits, int64_t n, int64_t V, int64_t width, const int32_t *table,
                  int64_t L, int64_t total, int32_t *fixed_rows, int64_t *cum, int64_t nt)
 {
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, NULL, cum, NULL};
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, NULL};
     return run_rows(&j, nt, cum_task);
 }
 
@@ -237,7 +229,7 @@ static void pick_task(void *p, int64_t t, int64_t me)
         const int64_t *bx = j->bx ? j->bx + i * j->maxb : NULL;
         int64_t nb = j->nb ? j->nb[i] : 0;
         int64_t below = 0, s, m = j->decode ? -1 : (j->sym[i] < V ? j->sym[i] : V);
-        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->table32, j->L, j->total, fixed, F, nb, bx,
+        freq_row_t r = freq_row(j->logits + i * V, V, width, j->table, j->L, j->total, fixed, F, nb, bx,
                                 j->bv ? j->bv + i * j->maxb : NULL, m, &below);
         if (j->decode) {
             int64_t v = j->sym[i], s0 = 0;
@@ -269,22 +261,22 @@ static void pick_task(void *p, int64_t t, int64_t me)
     }
 }
 
-int64_t freq_pick(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
+int64_t freq_pick(const float *logits, int64_t n, int64_t V, int64_t width, const int32_t *table, int64_t L,
                   int64_t total, const int64_t *nb, const int64_t *bx, const int32_t *bv, int64_t maxb,
                   int64_t decode, int64_t *sym, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t *fx,
                   int64_t nt)
 {
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, NULL, cum, freq,
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, freq,
                   nb, bx, bv, maxb, decode, sym, fx};
     return run_rows(&j, nt, pick_task);
 }
 
 /* The encoder's part: for each row i, the cumulative frequency below ids[i] and its frequency
  * (freq_pick's coding half, no logits set; ids are only read when coding). */
-int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int64_t *table, int64_t L,
+int64_t freq_sym(const float *logits, int64_t n, int64_t V, int64_t width, const int32_t *table, int64_t L,
                  int64_t total, const int64_t *ids, int32_t *fixed_rows, int64_t *cum, int64_t *freq, int64_t nt)
 {
-    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, NULL, cum, freq,
+    freq_job j = {logits, n, V, width, L, total, n > 0 ? n : 1, table, fixed_rows, NULL, cum, freq,
                   NULL, NULL, NULL, 0, 0, (int64_t *)ids, NULL};
     return run_rows(&j, nt, pick_task);
 }

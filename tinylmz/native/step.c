@@ -33,7 +33,7 @@ void pv_mt(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, i
 void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const double *sv0, int64_t P,
                   int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
-                  const int64_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt);
+                  const int32_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt);
 
 /* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed and row sums,
  * or int8 rows and 0; scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
@@ -78,7 +78,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                     const double *sin, int8_t *ck, int8_t *cv, double *csk, double *csv, double *csvc, int64_t ls,
                     int64_t ns, int64_t cap, int64_t o0, int64_t lo, const int8_t *k0, const int8_t *v0,
                     const double *sk0, const double *sv0, const double *svc0, int64_t ls0, int64_t cap0, int64_t P,
-                    double inv, double steps, const int64_t *table, int64_t tlen, const double *sig, double sig_range,
+                    double inv, double steps, const int32_t *table, int64_t tlen, const double *sig, double sig_range,
                     double sig_steps, int64_t nt)
 {
     int64_t n = dims[0], E = dims[1], H = dims[2], KV = dims[3], D = dims[4], F = dims[5], half = dims[6];
