@@ -226,3 +226,24 @@ def test_scheduler_local_n_from_the_environment(tmp_path, tiny_model):
     r = subprocess.run([sys.executable, "-m", "tinylmz.cli", "compress", "--scheduler", "local:x", "a.txt"],
                        env=env(), cwd=tmp_path, capture_output=True, timeout=300)
     assert_one_line_error(r, 2)
+
+
+def test_first_block_sets_the_stream_length_on_the_cluster(client, tiny_model, tmp_path):
+    """A first block longer than one stream: a worker sets the stream length as the local path
+    does (codec.stream_length), from the API and from the CLI (which verifies with it)."""
+    from tinylmz import codec, container
+
+    data = TRAINING_TEXT.encode() * 28
+    local = tinylmz.compress(data, model=tiny_model, block_size=24576)
+    assert container.Reader(io.BytesIO(local)).header.segment_tokens < codec.V2_SEGMENT_TOKENS
+    out = io.BytesIO()
+    totals = distributed.compress(client, io.BytesIO(data), out, model=tiny_model, block_size=24576)
+    assert out.getvalue() == local and totals.header.segment_tokens < codec.V2_SEGMENT_TOKENS
+    (tmp_path / "big.txt").write_bytes(data)
+    (tmp_path / "small.txt").write_bytes(data[:3000])
+    r = tlmz("compress", "-m", tiny_model, "-B", 24576, "--scheduler", client.scheduler.address, "--rm",
+             tmp_path / "big.txt", tmp_path / "small.txt")
+    assert r.code == 0, r.err
+    assert (tmp_path / "big.txt.tlmz").read_bytes() == local
+    assert (tmp_path / "small.txt.tlmz").read_bytes() == tinylmz.compress(data[:3000], model=tiny_model,
+                                                                          block_size=24576)

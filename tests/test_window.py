@@ -128,3 +128,36 @@ def iter_take(buf: bytes):
         return b
 
     return take
+
+
+def test_the_first_block_sets_equal_streams(tiny_model, no_lzma):
+    """Without ``segment_tokens`` a first block longer than one stream is cut into equal streams
+    (codec.stream_length, recorded in the header) and later blocks use that length; a length the
+    caller gives is kept, and a file whose first block fits one stream keeps the nominal length."""
+    import io
+
+    from tinymodel import TRAINING_TEXT
+    from tinylmz import api, codec
+
+    data = TRAINING_TEXT.encode() * 28
+    bs = 24576
+    first = data[: codec.split_point(data, bs)]
+    session = api.get_session(registry.resolve(str(tiny_model)), "portable", codec.V2_SEGMENT_TOKENS, None)
+    tokens = len(session.tokenizer.encode(first))
+    assert codec.V2_SEGMENT_TOKENS < tokens <= 2 * codec.V2_SEGMENT_TOKENS  # the case: two streams
+    want = codec.stream_length(first, session.tokenizer.encode)
+    assert want % WINDOW_STEP == 0 and tokens / 2 < want < codec.V2_SEGMENT_TOKENS
+    blob = tinylmz.compress(data, model=str(tiny_model), block_size=bs)
+    reader, get = api.open_reader(io.BytesIO(blob), model=str(tiny_model))
+    assert reader.header.segment_tokens == want
+    blocks = list(reader.blocks())
+    assert len(blocks) == 3 and all(b.method == container.MODEL for b in blocks)
+    lengths = [t for t, _ in get().stream_plan(blocks[0].payload, blocks[0].raw_len)]
+    assert lengths == [want, tokens - want]
+    assert tinylmz.decompress(blob, model=str(tiny_model)) == data
+    given = tinylmz.compress(data, model=str(tiny_model), block_size=bs, segment_tokens=codec.V2_SEGMENT_TOKENS)
+    assert container.Reader(io.BytesIO(given)).header.segment_tokens == codec.V2_SEGMENT_TOKENS
+    small = tinylmz.compress(data[:5000], model=str(tiny_model))
+    assert container.Reader(io.BytesIO(small)).header.segment_tokens == codec.V2_SEGMENT_TOKENS
+    assert container.Reader(io.BytesIO(tinylmz.compress(b"", model=str(tiny_model)))).header.segment_tokens \
+        == codec.V2_SEGMENT_TOKENS

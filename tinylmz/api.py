@@ -62,6 +62,8 @@ class Compressor:
     ``format_version`` 2 (the default) gives each token a sliding window of ``window``
     tokens of its stream (streams of ``segment_tokens``) and compact framing; 1 writes the
     first format (streams of ``segment_tokens`` tokens, each token seeing its whole stream).
+    Without ``segment_tokens``, a format-2 writer sets it from the first block
+    (``codec.stream_length``: equal streams of at most 8192 tokens) and writes the header then.
     """
 
     def __init__(self, fileobj, *, model=None, engine: str | None = None, context: bytes | None = None,
@@ -75,6 +77,7 @@ class Compressor:
         if not 0 < block_size <= container.MAX_BLOCK:
             raise TinylmzError(f"block size must be between 1 and {container.MAX_BLOCK}")
         engine = engine or DEFAULT_ENGINE
+        self._balance = False
         if format_version == 1 or engine != "portable":  # windows are the portable engine's
             if window is not None and format_version == 1:
                 raise TinylmzError("a window needs format version 2")
@@ -85,6 +88,7 @@ class Compressor:
             segment_tokens = segment_tokens or DEFAULT_SEGMENT_TOKENS  # whole streams in view: short ones
         else:
             adaptive = codec.V2_ADAPTIVE if adaptive is None else adaptive
+            self._balance = not segment_tokens  # the first block sets the stream length (codec.stream_length)
             segment_tokens = segment_tokens or codec.V2_SEGMENT_TOKENS
             window = window or codec.V2_WINDOW
             if window < 2 * codec.WINDOW_STEP or window % codec.WINDOW_STEP:
@@ -96,6 +100,7 @@ class Compressor:
             raise TinylmzError("segment length must be at least 1 token")
         resolved = registry.resolve(model if model is None else str(model))
         self.session = get_session(resolved, engine, segment_tokens, context, window=window, adaptive=adaptive)
+        self._settings = (resolved, engine, context, window, adaptive)
         self.version = format_version
         self.header = Header(
             model={"name": resolved.name, "sha256": resolved.sha256},
@@ -116,7 +121,7 @@ class Compressor:
         self._progress = progress
         self._measure = measure
         self.stats = Stats()
-        self.size = container.write_header(fileobj, self.header)
+        self.size = 0 if self._balance else container.write_header(fileobj, self.header)  # else at the first block
         self._closed = False
 
     def write(self, data) -> int:
@@ -128,7 +133,19 @@ class Compressor:
             del self._buf[:cut]
         return len(data)
 
+    def _settle(self, first: bytes) -> None:
+        """Choose the stream length from the first block (or none), then write the header."""
+        self._balance = False
+        seg = codec.stream_length(first, self.session.tokenizer.encode, self.header.segment_tokens, self.header.window)
+        if seg != self.header.segment_tokens:
+            resolved, engine, context, window, adaptive = self._settings
+            self.session = get_session(resolved, engine, seg, context, window=window, adaptive=adaptive)
+            self.header.segment_tokens = seg
+        self.size += container.write_header(self._f, self.header)
+
     def _emit(self, raw: bytes) -> None:
+        if self._balance:
+            self._settle(raw)
         method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress)
         self.size += container.write_block(self._f, method, raw, payload, self.version)
         self._blocks += 1
@@ -141,6 +158,8 @@ class Compressor:
         if self._buf:
             self._emit(bytes(self._buf))
             self._buf.clear()
+        if self._balance:
+            self._settle(b"")
         self.size += container.write_trailer(self._f, self._total, self._crc, self.version, self._blocks)
         self._closed = True
 

@@ -27,7 +27,9 @@ Many streams share one pipeline (``Pipeline.run`` takes the chained task generat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import itertools
 import logging
 import os
 import threading
@@ -178,6 +180,15 @@ def header_task(job: Job) -> container.Header:
         return _compressor(job).header
 
 
+def stream_length_task(job: Job, first: bytes) -> int:
+    """The stream length the local path records for a file that starts with block ``first``."""
+    with _lock:
+        c = _compressor(job)
+        if not c._balance:  # given by the job (or format 1): the header's
+            return c.header.segment_tokens
+        return codec.stream_length(first, c.session.tokenizer.encode, c.header.segment_tokens, c.header.window)
+
+
 def encode_task(job: Job, raw: bytes) -> tuple[int, bytes, dict]:
     """(method, payload, the engine params it was coded with) for one block."""
     with _lock:
@@ -301,6 +312,12 @@ def compress_job(model=None, *, threads: int | None = None, **options) -> Job:
     return Job(compress_model(model), tuple(sorted((k, v) for k, v in options.items() if v is not None)), threads)
 
 
+def with_option(job: Job, **options) -> Job:
+    """``job`` with some of its Compressor options set."""
+    merged = {**dict(job.options), **options}
+    return dataclasses.replace(job, options=tuple(sorted((k, v) for k, v in merged.items() if v is not None)))
+
+
 def make_header(client, job: Job) -> container.Header:
     """The header the local path writes for this job, built by a worker (which checks the model)."""
     return _result(client.submit(header_task, job, pure=False))
@@ -335,12 +352,28 @@ class Totals:
     size: int = 0
     crc: int = 0
     written: int = 0
+    header: container.Header | None = None  # the header written (its stream length set by the first block)
 
 
 def encode_tasks(job: Job, header: container.Header, src, out, *, progress: Progress | None = None,
                  stream: Stream | None = None, totals: Totals | None = None) -> Iterator[Task]:
-    """Tasks that write ``src`` compressed to ``out``: header, blocks in order, trailer."""
+    """Tasks that write ``src`` compressed to ``out``: header, blocks in order, trailer.
+
+    ``job`` and ``header`` are the ones of ``make_header``; where the job leaves the stream length
+    to the first block (as the local path does), a worker computes it before the blocks go out,
+    and the file's blocks are coded with it (``totals.header`` is the header written)."""
     totals = totals if totals is not None else Totals()
+    src_blocks = blocks(src, header.block_size)
+    first = next(src_blocks, None)
+    if first is not None and len(first) > header.segment_tokens:  # else the header's (codec.stream_length)
+        got: list = []
+        yield Task(stream_length_task, (job, first), got.append, stream, drain=True)
+        if stream is not None and stream.failed is not None:
+            return
+        if got[0] != header.segment_tokens:
+            job = with_option(job, segment_tokens=got[0])
+            header = dataclasses.replace(header, segment_tokens=got[0])
+    totals.header = header
     totals.written += container.write_header(out, header)
     want = header.engine.get("params") or {}
     count = [0]
@@ -357,7 +390,7 @@ def encode_tasks(job: Job, header: container.Header, src, out, *, progress: Prog
         if progress:
             progress(len(raw))
 
-    for raw in blocks(src, header.block_size):
+    for raw in itertools.chain([] if first is None else [first], src_blocks):
         yield Task(encode_task, (job, raw), lambda r, raw=raw: write(raw, r), stream)
         if stream is not None and stream.failed is not None:
             return

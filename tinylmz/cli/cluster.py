@@ -120,10 +120,12 @@ class _Compress:
         self.progress = progress
 
     def start(self, client, threads, opts: Options) -> None:
-        """One Job and header for all files (made by a worker, as the local path makes them), and
-        the job that decodes them again for --verify."""
+        """One Job and header for all files (made by a worker, as the local path makes them; a file
+        whose first block sets another stream length gets its own), and the job that decodes them
+        again for --verify."""
         from .. import distributed
 
+        self.threads = threads
         self.job = distributed.compress_job(opts.model, threads=threads, **opts.compressor())
         self.header = distributed.make_header(client, self.job)
         self.check_job = distributed.decode_job(self.header, self.job.model.path or opts.model, context=opts.context,
@@ -154,6 +156,9 @@ class _Compress:
             yield Task(None, (), lambda _: out.flush(), s, drain=True)  # all written: now read it back
             if s.failed:
                 return
+            if totals.header != header:  # this file's stream length, set by its first block
+                check_job = distributed.decode_job(totals.header, self.job.model.path or opts.model,
+                                                   context=opts.context, threads=self.threads)
             back = tmp if tmp is not None else open(out.temp, "rb")
             if back is not tmp:
                 s.hold(back.close)

@@ -299,7 +299,8 @@ def compress_cmd(
     segment_tokens: Annotated[Optional[int], typer.Option(
         "--segment-tokens", "-s", min=1, metavar="N", show_default=False,
         help="Tokens per independently coded stream inside a block (longer: better compression, slower to "
-        "decompress: fewer streams advance side by side).  Default: 8192 (format 2), 2048 (format 1).")] = None,
+        "decompress: fewer streams advance side by side).  Default: format 2 cuts the first block into equal streams "
+        "of at most 8192 (a 64K block of prose: 3 of 6400) and uses that length throughout; format 1: 2048.")] = None,
     window: Annotated[Optional[int], typer.Option(
         "--window", "-W", min=512, metavar="N", show_default=False,
         help="Format 2: tokens of its stream each token sees (a multiple of 256; default 2048).  Larger: "

@@ -60,6 +60,8 @@ typedef struct {
 
 static inline const int8_t *key_at(keys_t k, int64_t j) { return j < k.P ? k.a + 64 * j : k.b + 64 * (j - k.P); }
 
+#define PF_KEYS 64 /* keys (64-byte rows) read ahead of their use */
+
 /* kt: 16 vectors per block of 16 keys, corr: one per block ((T + 15) / 16 blocks).  A block is
  * the 16 x 16 dword matrix of its keys (key l = row l) transposed in registers. */
 static void pack_keys(keys_t k, int64_t T, __m512i *kt, __m512i *corr)
@@ -67,6 +69,8 @@ static void pack_keys(keys_t k, int64_t T, __m512i *kt, __m512i *corr)
     const __m512i ones = _mm512_set1_epi8(1);
     for (int64_t j0 = 0; j0 < T; j0 += 16) {
         __m512i a[16], t[16];
+        for (int l = 0; l < 16 && j0 + PF_KEYS + l < T; l++) /* the keys from memory in time */
+            _mm_prefetch((const char *)key_at(k, j0 + PF_KEYS + l), _MM_HINT_T0);
         for (int l = 0; l < 16; l++)
             a[l] = j0 + l < T ? _mm512_loadu_si512((const void *)key_at(k, j0 + l)) : _mm512_setzero_si512();
         for (int i = 0; i < 8; i++) { /* per 128-bit lane: dwords of key pairs interleaved */
@@ -147,6 +151,8 @@ static void pack_values(keys_t v, int64_t T, __m512i *vt)
 {
     for (int64_t qd = 0; qd < (T + 3) / 4; qd++) {
         __m512i x[4];
+        for (int i = 0; i < 4 && 4 * qd + PF_KEYS + i < T; i++)
+            _mm_prefetch((const char *)key_at(v, 4 * qd + PF_KEYS + i), _MM_HINT_T0);
         for (int i = 0; i < 4; i++)
             x[i] = 4 * qd + i < T ? _mm512_loadu_si512((const void *)key_at(v, 4 * qd + i)) : _mm512_setzero_si512();
         __m512i ab0 = _mm512_unpacklo_epi8(x[0], x[1]), ab1 = _mm512_unpackhi_epi8(x[0], x[1]);
@@ -667,6 +673,89 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
     values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
 }
 #endif
+/* Decoder attention (LANES only; 0 elsewhere or out of memory, nothing written): B batches
+ * (stream x kv head) of R <= ATT_ROWS query rows at one position, all T keys visible (a shared
+ * prefix of P, then batch b's own T - P: k1/v1 + b kstride * 64, sk1/sv1 + b kstride; the
+ * prefix's head b % KV at k0/v0 + (b % KV) pstride * 64, sk0/sv0 + (b % KV) pstride).  One task
+ * per batch lays out its keys and values in its thread's scratch and goes through scores,
+ * weights and values there, as attend1 does per head: the numbers of qk, softmax_p and pv, in
+ * one parallel section instead of three.  q (B x R x 64), sq and svmax (B x R); out: o
+ * (B x R x 64) int64 and esum (B x R). */
+#if LANES
+typedef struct {
+    const int8_t *q;
+    const double *sq;
+    int64_t KV, R;
+    const int8_t *k0, *v0;
+    const double *sk0, *sv0;
+    int64_t pstride, P;
+    const int8_t *k1, *v1;
+    const double *sk1, *sv1;
+    int64_t kstride, T;
+    const double *svmax;
+    const int64_t *pos;
+    double inv, steps;
+    const int32_t *table;
+    int64_t L;
+    int64_t *o, *esum;
+    __m512i *buf;
+    int64_t blocks, per_thread;
+} step_job;
+
+static void attend_step_task(void *p, int64_t b, int64_t me)
+{
+    const step_job *j = p;
+    int64_t T = j->T, R = j->R, blocks = j->blocks, h = b % j->KV;
+    __m512i *kt = j->buf + me * j->per_thread, *vt = kt + blocks * 17;
+    uint32_t *qu = (uint32_t *)(vt + (T + 3) / 4 * 4);
+    int32_t *s = (int32_t *)(qu + ATT_ROWS * 16);
+    double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
+    uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
+    keys_t kk = {j->k0 + h * j->pstride * 64, j->k1 + b * j->kstride * 64, j->P};
+    keys_t vv = {j->v0 + h * j->pstride * 64, j->v1 + b * j->kstride * 64, j->P};
+    int64_t i = b * R;
+    pack_keys(kk, T, kt, kt + blocks * 16);
+    unsigned_rows(j->q + i * 64, R, qu);
+    scores_rows(qu, R, kt, kt + blocks * 16, T, s, T);
+    softmax_rows(s, j->sq + i, j->sk0 + h * j->pstride, j->sv0 + h * j->pstride, j->P, j->sk1 + b * j->kstride,
+                 j->sv1 + b * j->kstride, j->svmax + i, j->pos, R, T, j->inv, j->steps, j->table, j->L, s,
+                 j->esum + i, sbuf, ratio);
+    pack_values(vv, T, vt);
+    values_rows(s, T, R, T, vt, vv, j->o + i * 64, plo, phi);
+}
+#endif
+
+int64_t attend_step(const int8_t *q, const double *sq, int64_t B, int64_t KV, int64_t R, const int8_t *k0,
+                    const int8_t *v0, const double *sk0, const double *sv0, int64_t pstride, int64_t P,
+                    const int8_t *k1, const int8_t *v1, const double *sk1, const double *sv1, int64_t kstride,
+                    int64_t T, const double *svmax, const int64_t *pos, double inv, double steps,
+                    const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt)
+{
+#if LANES
+    if (R > ATT_ROWS || R < 1 || T < 1)
+        return 0;
+    if (nt < 1)
+        nt = 1;
+    int64_t blocks = (T + 15) / 16, quads = (T + 3) / 4;
+    /* per thread: kt and corr, vt, q rows, scores (ATT_ROWS x T int32), sbuf and ratio, plo/phi */
+    int64_t per_thread = blocks * 17 + quads * 4 + ATT_ROWS +
+                         (ATT_ROWS * T * 4 + 2 * T * 8 + 2 * ATT_ROWS * PV_QUADS * 4 + 63) / 64;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(nt * per_thread));
+    if (!buf)
+        return 0;
+    step_job j = {q, sq, KV, R, k0, v0, sk0, sv0, pstride, P, k1, v1, sk1, sv1, kstride, T, svmax, pos, inv, steps,
+                  table, L, o, esum, buf, blocks, per_thread};
+    pool_for(B, nt, attend_step_task, &j);
+    free(buf);
+    return 1;
+#else
+    (void)q, (void)sq, (void)B, (void)KV, (void)R, (void)k0, (void)v0, (void)sk0, (void)sv0, (void)pstride, (void)P;
+    (void)k1, (void)v1, (void)sk1, (void)sv1, (void)kstride, (void)T, (void)svmax, (void)pos, (void)inv;
+    (void)steps, (void)table, (void)L, (void)o, (void)esum, (void)nt;
+    return 0;
+#endif
+}
+
 int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const int8_t *k0, const int8_t *v0,
                 int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P, const int8_t *k1,
                 const int8_t *v1, int64_t kv1, const double *sk1, const double *sv1, int64_t s1, int64_t T,

@@ -157,8 +157,8 @@ static inline __attribute__((always_inline)) void lanes_tile(
             /* the next tile's weights (2 * wstride on): their fetch from memory overlaps this tile's
              * products (prefetches never fault, past the matrix's end too) */
             if (pf) {
-                _mm_prefetch((const char *)(w + 2 * wstride + kq * 64), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w1 + 2 * wstride + kq * 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w + 4 * wstride + kq * 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w1 + 4 * wstride + kq * 64), _MM_HINT_T0);
             }
             __m512i w0 = _mm512_loadu_si512((const void *)(w + kq * 64));
             __m512i v1 = _mm512_loadu_si512((const void *)(w1 + kq * 64));
@@ -221,14 +221,24 @@ static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_
                          const int32_t *wsum, int64_t b0, int64_t b1, int64_t N, int64_t *out,
                          const double *sx, const double *ws, double *y)
 {
+    /* Rows in tiles of 4, the last ones in one tile of 3 or 2 (6 = 3 + 3): a tile of 1 or 2 rows
+     * has too few independent sums to hide the products' latency. */
+    int64_t full = n % 4 == 2 && n > 2 ? n - 6 : n - n % 4;
     int64_t b = b0;
     for (; b + LTC <= b1; b += LTC) {
         const int8_t *wb = wp + b * K4 * 64;
         int64_t i = 0;
-        for (; i + LTR <= n; i += LTR)
+        for (; i < full; i += LTR)
             LANES_TILE(LTR, LTC);
-        for (; i < n; i++)
-            LANES_TILE(1, LTC);
+        if (n - i == 6) {
+            LANES_TILE(3, LTC);
+            i += 3;
+        }
+        switch (n - i) {
+        case 3: LANES_TILE(3, LTC); break;
+        case 2: LANES_TILE(2, LTC); break;
+        case 1: LANES_TILE(1, LTC); break;
+        }
     }
     for (; b < b1; b++) {
         const int8_t *wb = wp + b * K4 * 64;
