@@ -5,7 +5,8 @@
 
 Rows per file: format 1 (2048-token streams, each token sees its stream's start); format 2's
 framing alone (same streams); + 8192-token streams with a 2048-token sliding window; + the
-adaptive models (the default); and xz, zstd, bzip2, brotli.  Columns: bytes, bits per byte,
+adaptive models; + equal streams (the first block cut into equal streams of at most 8192 tokens:
+the default); and xz, zstd, bzip2, brotli.  Columns: bytes, bits per byte,
 the model's cross-entropy (float softmax, before the adaptive models).  Sizes only: no timing.
 
 The default texts were never tuned on (they come with Debian and CPython, 20-25 KB of each):
@@ -35,8 +36,9 @@ UNSEEN = {
 CONFIGS = [
     ("format 1 (2048-token streams)", dict(format_version=1)),
     ("format 2 framing only", dict(segment_tokens=2048, adaptive=0)),
-    ("+ 8192-token streams, 2048 window", dict(adaptive=0)),
-    ("+ adaptive models (the default)", dict()),
+    ("+ 8192-token streams, 2048 window", dict(segment_tokens=8192, adaptive=0)),
+    ("+ adaptive models", dict(segment_tokens=8192)),
+    ("+ equal streams (the default)", dict()),
 ]
 
 

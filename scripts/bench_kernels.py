@@ -3,7 +3,8 @@
 
 Matrix products: int8 rows (the AVX2/plain path, also used where AVX-512 VNNI is missing)
 against packed weights (the lane-wise VNNI path), for a record's worth of positions (50),
-a decoder step (1 and 4 streams) and the output layer; attention: one stream's one-pass
+a decoder step (1, 3, 4 and 7 streams: rows left over from tiles of 4 are tiled too) and the
+output layer; attention: one stream's one-pass
 kernel (``attend1``) against the separate score / weight / value kernels, for a record
 (56 positions after a 1,646-token shared context); the frequency function (``freqs.pick``)
 per row of the default model's 49,152 logits, coding and decoding, with and without the
@@ -43,7 +44,7 @@ def products(threads: int) -> None:
     print(f"\nmatrix products, {threads} thread(s): ms per call (G multiply-adds/s)")
     print(f"{'n x K x N':>20} {'int8 rows':>18} {'packed':>18}")
     for n, K, N in [(50, 576, 960), (50, 576, 3072), (50, 1536, 576), (32, 576, 49152), (1, 576, 3072),
-                    (4, 576, 3072)]:
+                    (3, 576, 3072), (4, 576, 3072), (7, 576, 3072), (7, 1536, 576), (7, 576, 49152)]:
         x = rng.standard_normal((n, K))
         w = rng.integers(-127, 128, (N, K)).astype(np.int8)
         ws = rng.random(N)

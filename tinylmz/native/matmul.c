@@ -154,8 +154,8 @@ static inline __attribute__((always_inline)) void lanes_tile(
         __m512i h20 = ah[2][0], h21 = ah[2][1], h30 = ah[3][0], h31 = ah[3][1];
         const int8_t *w1 = w + wstride;
         for (int64_t kq = 0; kq < K4; kq++) {
-            /* the next tile's weights (2 * wstride on): their fetch from memory overlaps this tile's
-             * products (prefetches never fault, past the matrix's end too) */
+            /* the weights two tiles on (4 * wstride): their fetch from memory overlaps these
+             * products (prefetches never fault, past the matrix's end too; one tile on measured the same) */
             if (pf) {
                 _mm_prefetch((const char *)(w + 4 * wstride + kq * 64), _MM_HINT_T0);
                 _mm_prefetch((const char *)(w1 + 4 * wstride + kq * 64), _MM_HINT_T0);

@@ -34,11 +34,6 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
                   int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
                   const int32_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt);
-int64_t attend_step(const int8_t *q, const double *sq, int64_t B, int64_t KV, int64_t R, const int8_t *k0,
-                    const int8_t *v0, const double *sk0, const double *sv0, int64_t pstride, int64_t P,
-                    const int8_t *k1, const int8_t *v1, const double *sk1, const double *sv1, int64_t kstride,
-                    int64_t T, const double *svmax, const int64_t *pos, double inv, double steps,
-                    const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt);
 
 /* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed and row sums,
  * or int8 rows and 0; scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
@@ -167,11 +162,6 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                     svmax[(b * KV + j) * R + r] = m;
             }
         int64_t work = B * R * T * D, ant = work >= 1 << 18 ? nt : 1;
-        if (0 && !once && D == 64 &&
-            attend_step(q8, s1, B, KV, R, P ? k0 + l * ls0 * D : K8, P ? v0 + l * ls0 * D : V8,
-                        P ? sk0 + l * ls0 : SK, P ? sv0 + l * ls0 : SV, cap0, P, K8 + lo * D, V8 + lo * D, SK + lo,
-                        SV + lo, cap, T, svmax, pos, inv, steps, table, tlen, pv, esum, ant))
-            goto attended; /* the fused pass (AVX-512 VNNI) */
         qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
         if (once) {
             for (int64_t b = 0; b < n; b++)
@@ -211,7 +201,6 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             for (int64_t i = 0; i < KV * R * D; i++)
                 pv[b * KV * R * D + i] += pv0[i];
         }
-    attended:
         for (int64_t i = 0; i < B * R; i++)
             for (int64_t d = 0; d < D; d++)
                 qr[i * D + d] = (double)pv[i * D + d] * svmax[i] / (double)esum[i];
