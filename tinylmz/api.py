@@ -133,10 +133,16 @@ class Compressor:
             del self._buf[:cut]
         return len(data)
 
+    def stream_length(self, first: bytes) -> int:
+        """The stream length this writer records for a stream whose first block is ``first``."""
+        if not self._balance:  # given (or format 1, or written already): the header's
+            return self.header.segment_tokens
+        return codec.stream_length(first, self.session.tokenizer.encode, self.header.segment_tokens, self.header.window)
+
     def _settle(self, first: bytes) -> None:
         """Choose the stream length from the first block (or none), then write the header."""
+        seg = self.stream_length(first)
         self._balance = False
-        seg = codec.stream_length(first, self.session.tokenizer.encode, self.header.segment_tokens, self.header.window)
         if seg != self.header.segment_tokens:
             resolved, engine, context, window, adaptive = self._settings
             self.session = get_session(resolved, engine, seg, context, window=window, adaptive=adaptive)

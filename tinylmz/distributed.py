@@ -183,10 +183,7 @@ def header_task(job: Job) -> container.Header:
 def stream_length_task(job: Job, first: bytes) -> int:
     """The stream length the local path records for a file that starts with block ``first``."""
     with _lock:
-        c = _compressor(job)
-        if not c._balance:  # given by the job (or format 1): the header's
-            return c.header.segment_tokens
-        return codec.stream_length(first, c.session.tokenizer.encode, c.header.segment_tokens, c.header.window)
+        return _compressor(job).stream_length(first)
 
 
 def encode_task(job: Job, raw: bytes) -> tuple[int, bytes, dict]:
