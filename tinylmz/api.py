@@ -135,24 +135,30 @@ class Compressor:
 
     def stream_length(self, first: bytes) -> int:
         """The stream length this writer records for a stream whose first block is ``first``."""
-        if not self._balance:  # given (or format 1, or written already): the header's
-            return self.header.segment_tokens
-        return codec.stream_length(first, self.session.tokenizer.encode, self.header.segment_tokens, self.header.window)
+        return self._stream_length(first)[0]
 
-    def _settle(self, first: bytes) -> None:
-        """Choose the stream length from the first block (or none), then write the header."""
-        seg = self.stream_length(first)
+    def _stream_length(self, first: bytes):
+        """(the length, the block's ids where they were needed for it)."""
+        nominal = self.header.segment_tokens
+        if not self._balance or len(first) <= nominal:  # given, format 1, or a block's tokens never outnumber its bytes
+            return nominal, None
+        ids = self.session.tokenizer.encode(first)
+        return codec.stream_length(len(ids), nominal, self.header.window), ids
+
+    def _settle(self, first: bytes):
+        """Choose the stream length from the first block (or none), write the header; the block's ids if made."""
+        seg, ids = self._stream_length(first)
         self._balance = False
         if seg != self.header.segment_tokens:
             resolved, engine, context, window, adaptive = self._settings
             self.session = get_session(resolved, engine, seg, context, window=window, adaptive=adaptive)
             self.header.segment_tokens = seg
         self.size += container.write_header(self._f, self.header)
+        return ids
 
     def _emit(self, raw: bytes) -> None:
-        if self._balance:
-            self._settle(raw)
-        method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress)
+        ids = self._settle(raw) if self._balance else None
+        method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress, ids)
         self.size += container.write_block(self._f, method, raw, payload, self.version)
         self._blocks += 1
         self._total += len(raw)

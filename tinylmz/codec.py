@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -36,20 +36,16 @@ V2_WINDOW = 2048  # ... each seeing at most this many tokens of its stream (4096
 BALANCE_SLACK = 3  # percent: later blocks of a file run a little longer in tokens than its first
 
 
-def stream_length(first_block: bytes, tokenize: Callable[[bytes], Sequence[int]], nominal: int = V2_SEGMENT_TOKENS,
-                  window: int | None = V2_WINDOW) -> int:
-    """The stream length a format-2 file records when its writer was given none.
+def stream_length(tokens: int, nominal: int = V2_SEGMENT_TOKENS, window: int | None = V2_WINDOW) -> int:
+    """The stream length a format-2 file records when its writer was given none, for a first
+    block of ``tokens`` ids.
 
-    ``nominal`` where one stream holds the file's first block; else that block's tokens cut into
-    as many equal streams as ``nominal`` needs (BALANCE_SLACK percent more, rounded up to a
-    window step, at most ``nominal``).  A 64 KB block of prose is ~18,000 tokens: 3 streams of
-    6,400 instead of 8,192 + 8,192 + 1,600, the same number of cold starts (the same size) and a
-    quarter fewer decoder steps, whose cost is mostly reading the weights once per step for all
-    streams.  A block's tokens never outnumber its bytes, so short blocks are not tokenized.
+    ``nominal`` where one stream holds them; else the block cut into as many equal streams as
+    ``nominal`` needs (BALANCE_SLACK percent more, rounded up to a window step, at most
+    ``nominal``).  A 64 KB block of prose is ~18,000 tokens: 3 streams of 6,400 instead of
+    8,192 + 8,192 + 1,600, the same number of cold starts (the same size) and a fifth fewer
+    decoder steps, each of which reads the weights once for all its streams.
     """
-    if len(first_block) <= nominal:
-        return nominal
-    tokens = len(tokenize(first_block))
     if tokens <= nominal:
         return nominal
     n = -(-tokens // nominal)
@@ -158,13 +154,15 @@ class Session:
     # -- encoding ----------------------------------------------------------------------
 
     def encode_block(self, raw: bytes, stats: Stats | None = None, measure: bool = False,
-                     progress: Callable[[int], None] | None = None) -> tuple[int, bytes]:
-        """(method, payload) for one block, the smallest of model / lzma / stored."""
+                     progress: Callable[[int], None] | None = None, ids: np.ndarray | None = None) -> tuple[int, bytes]:
+        """(method, payload) for one block, the smallest of model / lzma / stored (``ids``: its
+        tokens, where the caller has them already)."""
         best = (STORED, raw)
         packed = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if raw else b""
         if len(packed) < len(best[1]):
             best = (LZMA, packed)
-        ids = self.tokenizer.encode(raw) if raw else np.zeros(0, np.int32)
+        if ids is None:
+            ids = self.tokenizer.encode(raw) if raw else np.zeros(0, np.int32)
         if progress:
             progress = _per_token(progress, len(raw), len(ids))
         if 0 < len(ids) <= MAX_TOKENS_PER_BYTE * len(raw):

@@ -362,7 +362,7 @@ def encode_tasks(job: Job, header: container.Header, src, out, *, progress: Prog
     totals = totals if totals is not None else Totals()
     src_blocks = blocks(src, header.block_size)
     first = next(src_blocks, None)
-    if first is not None and len(first) > header.segment_tokens:  # else the header's (codec.stream_length)
+    if first is not None and len(first) > header.segment_tokens:  # else the header's (Compressor.stream_length)
         got: list = []
         yield Task(stream_length_task, (job, first), got.append, stream, drain=True)
         if stream is not None and stream.failed is not None:
