@@ -221,8 +221,8 @@ static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_
                          const int32_t *wsum, int64_t b0, int64_t b1, int64_t N, int64_t *out,
                          const double *sx, const double *ws, double *y)
 {
-    /* Rows in tiles of 4, the last ones in one tile of 3 or 2 (6 = 3 + 3): a tile of 1 or 2 rows
-     * has too few independent sums to hide the products' latency. */
+    /* Rows in tiles of 4, the rest in tiles of 3 (6 = 3 + 3), 2 or 1: a tile of 1 or 2 rows has
+     * too few independent sums to hide the products' latency. */
     int64_t full = n % 4 == 2 && n > 2 ? n - 6 : n - n % 4;
     int64_t b = b0;
     for (; b + LTC <= b1; b += LTC) {
@@ -230,15 +230,12 @@ static void lanes_blocks(const int32_t *xl, const int32_t *xh, int64_t n, int64_
         int64_t i = 0;
         for (; i < full; i += LTR)
             LANES_TILE(LTR, LTC);
-        if (n - i == 6) {
-            LANES_TILE(3, LTC);
-            i += 3;
-        }
-        switch (n - i) {
-        case 3: LANES_TILE(3, LTC); break;
-        case 2: LANES_TILE(2, LTC); break;
-        case 1: LANES_TILE(1, LTC); break;
-        }
+        for (; i < n; i += 3)
+            switch (n - i) {
+            case 1: LANES_TILE(1, LTC); break;
+            case 2: LANES_TILE(2, LTC); break;
+            default: LANES_TILE(3, LTC); break;
+            }
     }
     for (; b < b1; b++) {
         const int8_t *wb = wp + b * K4 * 64;
