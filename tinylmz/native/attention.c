@@ -13,10 +13,61 @@
 /* Dot products of int8 vectors of length D stay below D * 127^2 < 2^31 for D <= 2^17, so
  * int32 is exact everywhere here.  The SIMD paths widen to int16 and use the same mac() as
  * the matrix product; 4 query rows share each key's loads. */
+#if defined(__AVX2__) && VEC == 16
+/* AVX2, D = 64: rn (<= 3) rows against keys j0.. in fours; the 4 keys' sums of each row are
+ * formed together (horizontal adds; a dot product fits in int32).  Returns the keys done. */
+static inline __attribute__((always_inline)) int64_t qk_fours(const int16_t *q16, const int8_t *kb, int rn,
+                                                              int64_t T, int32_t *s, int64_t ld)
+{
+    int64_t j = 0;
+    for (; j + 4 <= T; j += 4) {
+        __m256i a[3][4];
+        for (int r = 0; r < rn; r++)
+            for (int kk = 0; kk < 4; kk++)
+                a[r][kk] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++)
+            for (int kk = 0; kk < 4; kk++) {
+                __m256i kv = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(kb + (j + kk) * 64 + 16 * c)));
+                for (int r = 0; r < rn; r++)
+                    a[r][kk] = _mm256_add_epi32(
+                        a[r][kk], _mm256_madd_epi16(kv, _mm256_loadu_si256((const __m256i *)(q16 + r * 64 + 16 * c))));
+            }
+        for (int r = 0; r < rn; r++) {
+            __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[r][0], a[r][1]), _mm256_hadd_epi32(a[r][2], a[r][3]));
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+            _mm_storeu_si128((__m128i *)(s + r * ld + j), t);
+        }
+    }
+    return j;
+}
+#endif
+
 static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, int64_t D, int32_t *s, int64_t ld)
 {
 #if VEC > 1
     acc_t kv[256 / VEC];
+#if defined(__AVX2__) && VEC == 16
+    if (D == 64) {
+        for (int64_t r0 = 0; r0 < R; r0 += 3) {
+            int64_t rn = R - r0 < 3 ? R - r0 : 3, done;
+            const int16_t *qr = q16 + r0 * 64;
+            int32_t *sr = s + r0 * ld;
+            done = rn == 3 ? qk_fours(qr, kb, 3, T, sr, ld) : rn == 2 ? qk_fours(qr, kb, 2, T, sr, ld)
+                                                                    : qk_fours(qr, kb, 1, T, sr, ld);
+            for (int64_t j = done; j < T; j++) {
+                for (int64_t c = 0; c < 4; c++)
+                    kv[c] = load_w(kb + j * 64 + c * 16);
+                for (int64_t r = 0; r < rn; r++) {
+                    acc_t a = acc_zero();
+                    for (int64_t c = 0; c < 4; c++)
+                        a = mac(a, load_x(qr + r * 64 + c * 16), kv[c]);
+                    sr[r * ld + j] = (int32_t)acc_sum(a);
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
         int64_t rn = R - r0 < 4 ? R - r0 : 4;
         for (int64_t j = 0; j < T; j++) {
@@ -317,6 +368,106 @@ void qk(const int8_t *q, const int8_t *k, int64_t B, int64_t R, int64_t T, int64
  * 128 keys, added into int64.  4 query rows share each value row's loads; a key whose weight
  * is 0 in all of them is skipped. */
 
+#if defined(__AVX2__) && VEC == 16
+/* AVX2, D = 64: o[r] = sum_j p[r][j] v[j] for rn (<= 3) rows, keys in pairs: vpmaddwd multiplies
+ * the int16 pairs (v[j][d], v[j+1][d]) by int16 pairs of weights.  A weight (0 <= p <= 2^16) is
+ * split into min(p, C) and min(p - C, C) for C = 32767 (the second product only where a pair
+ * has one), and the rest, p - 2C <= 2, is added on its own.  Per block of 128 keys an int32
+ * lane sums at most 64 pairs of 2 x 2 products of C * 128 (< 2^31).  A pair that weighs 0 in
+ * every row is skipped.  Exact integers: the same numbers as the loop in pv. */
+static inline __attribute__((always_inline)) void pv_pairs(const int32_t *p, int64_t ld, const int8_t *v, int rn,
+                                                           int64_t T, int64_t *o)
+{
+    enum { C = 32767 };
+    uint32_t pp[3][64], px[3][64]; /* per row, pair i: the two weights' parts, p[2i] | p[2i + 1] << 16 */
+    for (int64_t i = 0; i < rn * 64; i++)
+        o[i] = 0;
+    for (int64_t j0 = 0; j0 < T; j0 += 128) {
+        int64_t nk = T - j0 < 128 ? T - j0 : 128, np = (nk + 1) / 2;
+        int big = 0, huge = 0;
+        const __m256i cap = _mm256_set1_epi32(C), zero = _mm256_setzero_si256();
+        for (int r = 0; r < rn; r++) {
+            const int32_t *pr = p + r * ld + j0;
+            int64_t i = 0;
+            for (; 2 * i + 16 <= nk; i += 8) { /* 16 weights: split, packed to int16 in order */
+                __m256i a = _mm256_loadu_si256((const __m256i *)(pr + 2 * i));
+                __m256i b = _mm256_loadu_si256((const __m256i *)(pr + 2 * i + 8));
+                __m256i xa = _mm256_max_epi32(_mm256_sub_epi32(a, cap), zero);
+                __m256i xb = _mm256_max_epi32(_mm256_sub_epi32(b, cap), zero);
+                __m256i x = _mm256_packs_epi32(xa, xb); /* saturates at C: the rest is p - 2C */
+                big |= !_mm256_testz_si256(x, x);
+                huge |= !_mm256_testz_si256(_mm256_or_si256(_mm256_cmpgt_epi32(xa, cap), _mm256_cmpgt_epi32(xb, cap)),
+                                            _mm256_set1_epi32(-1));
+                __m256i w = _mm256_packs_epi32(_mm256_min_epi32(a, cap), _mm256_min_epi32(b, cap));
+                _mm256_storeu_si256((__m256i *)(pp[r] + i), _mm256_permute4x64_epi64(w, 0xD8));
+                _mm256_storeu_si256((__m256i *)(px[r] + i), _mm256_permute4x64_epi64(x, 0xD8));
+            }
+            for (; i < np; i++) {
+                int32_t a = pr[2 * i], b = 2 * i + 1 < nk ? pr[2 * i + 1] : 0;
+                int32_t xa = a > C ? a - C : 0, xb = b > C ? b - C : 0;
+                big |= xa > 0 || xb > 0;
+                huge |= xa > C || xb > C;
+                pp[r][i] = (uint32_t)(a > C ? C : a) | (uint32_t)(b > C ? C : b) << 16;
+                px[r][i] = (uint32_t)(xa > C ? C : xa) | (uint32_t)(xb > C ? C : xb) << 16;
+            }
+        }
+        for (int h = 0; h < 2; h++) { /* dims 32 h .. 32 h + 31: rows x 4 vectors of 8 lanes */
+            __m256i a[3][4];
+            for (int r = 0; r < rn; r++)
+                for (int c = 0; c < 4; c++)
+                    a[r][c] = _mm256_setzero_si256();
+            for (int64_t i = 0; i < np; i++) {
+                uint32_t w[3] = {pp[0][i], rn > 1 ? pp[1][i] : 0, rn > 2 ? pp[2][i] : 0};
+                if (!(w[0] | w[1] | w[2]))
+                    continue;
+                const int8_t *v0 = v + (j0 + 2 * i) * 64 + 32 * h;
+                __m128i x0 = _mm_loadu_si128((const __m128i *)v0), x1 = _mm_loadu_si128((const __m128i *)(v0 + 16));
+                __m128i y0 = _mm_setzero_si128(), y1 = y0; /* no key after the last one */
+                if (j0 + 2 * i + 1 < T) {
+                    y0 = _mm_loadu_si128((const __m128i *)(v0 + 64));
+                    y1 = _mm_loadu_si128((const __m128i *)(v0 + 80));
+                }
+                __m256i vv[4] = {_mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x0, y0)),
+                                 _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x0, y0)),
+                                 _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(x1, y1)),
+                                 _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(x1, y1))};
+                for (int r = 0; r < rn; r++) {
+                    __m256i b = _mm256_set1_epi32((int)w[r]);
+                    for (int c = 0; c < 4; c++)
+                        a[r][c] = _mm256_add_epi32(a[r][c], _mm256_madd_epi16(vv[c], b));
+                }
+                if (!big)
+                    continue;
+                uint32_t x[3] = {px[0][i], rn > 1 ? px[1][i] : 0, rn > 2 ? px[2][i] : 0};
+                if (!(x[0] | x[1] | x[2]))
+                    continue;
+                for (int r = 0; r < rn; r++) {
+                    __m256i b = _mm256_set1_epi32((int)x[r]);
+                    for (int c = 0; c < 4; c++)
+                        a[r][c] = _mm256_add_epi32(a[r][c], _mm256_madd_epi16(vv[c], b));
+                }
+            }
+            for (int r = 0; r < rn; r++)
+                for (int c = 0; c < 4; c++) {
+                    int64_t *out = o + r * 64 + 32 * h + 8 * c;
+                    __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(a[r][c]));
+                    __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(a[r][c], 1));
+                    _mm256_storeu_si256((__m256i *)out, _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)out), lo));
+                    _mm256_storeu_si256((__m256i *)(out + 4),
+                                        _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(out + 4)), hi));
+                }
+        }
+        for (int r = 0; huge && r < rn; r++) /* what is left above 2C */
+            for (int64_t j = 0; j < nk; j++) {
+                int64_t e = (int64_t)p[r * ld + j0 + j] - 2 * C;
+                const int8_t *vj = v + (j0 + j) * 64;
+                for (int d = 0; e > 0 && d < 64; d++)
+                    o[r * 64 + d] += e * vj[d];
+            }
+    }
+}
+#endif
+
 void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int64_t D,
         int64_t vstride, int64_t *o, int64_t ld)
 {
@@ -334,6 +485,21 @@ void pv(const int32_t *p, const int8_t *v, int64_t B, int64_t R, int64_t T, int6
 #endif
     for (int64_t b = 0; b < B; b++) {
         const int8_t *vb = v + b * vstride;
+#if defined(__AVX2__) && VEC == 16
+        if (D == 64) {
+            for (int64_t r0 = 0; r0 < R; r0 += 3) {
+                const int32_t *pr = p + (b * R + r0) * ld;
+                int64_t *ob = o + (b * R + r0) * D;
+                if (R - r0 >= 3)
+                    pv_pairs(pr, ld, vb, 3, T, ob);
+                else if (R - r0 == 2)
+                    pv_pairs(pr, ld, vb, 2, T, ob);
+                else
+                    pv_pairs(pr, ld, vb, 1, T, ob);
+            }
+            continue;
+        }
+#endif
         for (int64_t r0 = 0; r0 < R; r0 += 4) {
             int64_t rn = R - r0 < 4 ? R - r0 : 4;
             const int32_t *pr = p + (b * R + r0) * ld;
@@ -437,6 +603,17 @@ static double scores(const int32_t *a, double qs, const double *sk, double inv, 
         mx = _mm512_max_pd(mx, x);
     }
     m = _mm512_reduce_max_pd(mx);
+#elif defined(__AVX2__)
+    __m256d vq = _mm256_set1_pd(qs), vi = _mm256_set1_pd(inv), mx = _mm256_set1_pd(m);
+    for (; j + 4 <= j1; j += 4) {
+        __m256d x = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(a + j)));
+        x = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(x, vq), _mm256_loadu_pd(sk + j)), vi);
+        _mm256_storeu_pd(out + j, x);
+        mx = _mm256_max_pd(mx, x);
+    }
+    __m128d h = _mm_max_pd(_mm256_castpd256_pd128(mx), _mm256_extractf128_pd(mx, 1));
+    h = _mm_max_pd(h, _mm_unpackhi_pd(h, h));
+    m = _mm_cvtsd_f64(h);
 #endif
     for (; j < j1; j++) {
         out[j] = (((double)a[j] * qs) * sk[j]) * inv;
@@ -464,6 +641,21 @@ static int64_t weights(const double *s, const double *ratio, int64_t n, double m
         _mm256_storeu_si256((__m256i *)(p + j), _mm512_cvttpd_epi32(w));
     }
     total = _mm512_reduce_add_epi64(sum);
+#elif defined(__AVX2__)
+    /* m >= s[j]: d >= 0, so table[min(d, L - 1)] is the scalar loop's entry */
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256d vm = _mm256_set1_pd(m), vs = _mm256_set1_pd(steps), lim = _mm256_set1_pd((double)(L - 1));
+    __m256i sum = _mm256_setzero_si256();
+    for (; j + 4 <= n; j += 4) {
+        __m256d d = _mm256_round_pd(_mm256_mul_pd(_mm256_sub_pd(vm, _mm256_loadu_pd(s + j)), vs), rnd);
+        __m128i e = _mm_i32gather_epi32(table, _mm256_cvttpd_epi32(_mm256_min_pd(d, lim)), 4);
+        sum = _mm256_add_epi64(sum, _mm256_cvtepi32_epi64(e));
+        __m256d w = _mm256_round_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(e), _mm256_loadu_pd(ratio + j)), rnd);
+        _mm_storeu_si128((__m128i *)(p + j), _mm256_cvttpd_epi32(w));
+    }
+    int64_t part[4];
+    _mm256_storeu_si256((__m256i *)part, sum);
+    total = part[0] + part[1] + part[2] + part[3];
 #endif
     for (; j < n; j++) {
         double d = nearbyint((m - s[j]) * steps);

@@ -58,6 +58,20 @@ static inline int64_t acc_sum(acc_t a)
         s += l[i];
     return s;
 }
+/* t[c] += acc_sum(a[c]) for c < 4, in vectors: lanes widened to int64 before any two are
+ * added (a lane may hold up to 2^30), then the 4 sums side by side. */
+#define ACC_SUM4 1
+static inline void acc_sum4(const acc_t *a, int64_t *t)
+{
+    __m256i s[4];
+    for (int c = 0; c < 4; c++)
+        s[c] = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(a[c])),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(a[c], 1)));
+    __m256i p01 = _mm256_add_epi64(_mm256_unpacklo_epi64(s[0], s[1]), _mm256_unpackhi_epi64(s[0], s[1]));
+    __m256i p23 = _mm256_add_epi64(_mm256_unpacklo_epi64(s[2], s[3]), _mm256_unpackhi_epi64(s[2], s[3]));
+    __m256i r = _mm256_add_epi64(_mm256_permute2x128_si256(p01, p23, 0x20), _mm256_permute2x128_si256(p01, p23, 0x31));
+    _mm256_storeu_si256((__m256i *)t, _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)t), r));
+}
 #elif defined(__aarch64__) && defined(__ARM_NEON)
 #include "neon.h" /* NEON: mac() for the tiles (vmlal_s16), and neon.c's kernels; bounds there */
 #else /* plain C: the compiler vectorizes what it can */

@@ -9,39 +9,49 @@
  */
 #include "common.h"
 
-/* TR rows of x times TC rows of w: the loads are shared across the tile. */
-static void tile(const int16_t *x, int64_t K, const int8_t *w, int64_t *o, int64_t N)
+/* tr (<= TR) rows of x times TC rows of w: the loads are shared across the tile.  tr is a
+ * constant where it is called, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile_rows(const int16_t *x, int64_t K, const int8_t *w, int64_t *o,
+                                                            int64_t N, int tr)
 {
     int64_t t[TR][TC] = {{0}};
     int64_t Kv = K - K % VEC;
     for (int64_t k0 = 0; k0 < Kv; k0 += KB) {
         int64_t k1 = k0 + KB < Kv ? k0 + KB : Kv;
         acc_t a[TR][TC];
-        for (int r = 0; r < TR; r++)
+        for (int r = 0; r < tr; r++)
             for (int c = 0; c < TC; c++)
                 a[r][c] = acc_zero();
         for (int64_t k = k0; k < k1; k += VEC) {
             acc_t wv[TC];
             for (int c = 0; c < TC; c++)
                 wv[c] = load_w(w + c * K + k);
-            for (int r = 0; r < TR; r++) {
+            for (int r = 0; r < tr; r++) {
                 acc_t xv = load_x(x + r * K + k);
                 for (int c = 0; c < TC; c++)
                     a[r][c] = mac(a[r][c], xv, wv[c]);
             }
         }
-        for (int r = 0; r < TR; r++)
+        for (int r = 0; r < tr; r++) {
+#if defined(ACC_SUM4) && TC == 4
+            acc_sum4(a[r], t[r]);
+#else
             for (int c = 0; c < TC; c++)
                 t[r][c] += acc_sum(a[r][c]);
+#endif
+        }
     }
     for (int64_t k = Kv; k < K; k++)
-        for (int r = 0; r < TR; r++)
+        for (int r = 0; r < tr; r++)
             for (int c = 0; c < TC; c++)
                 t[r][c] += (int32_t)x[r * K + k] * (int32_t)w[c * K + k];
-    for (int r = 0; r < TR; r++)
+    for (int r = 0; r < tr; r++)
         for (int c = 0; c < TC; c++)
             o[r * N + c] = t[r][c];
 }
+
+static void tile(const int16_t *x, int64_t K, const int8_t *w, int64_t *o, int64_t N) { tile_rows(x, K, w, o, N, TR); }
+static void tile1(const int16_t *x, int64_t K, const int8_t *w, int64_t *o, int64_t N) { tile_rows(x, K, w, o, N, 1); }
 
 static int64_t row1(const int16_t *xr, const int8_t *wr, int64_t K)
 {
@@ -76,8 +86,7 @@ void qgemm(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t j0, 
         for (int64_t i = 0; i < nr; i += TR)
             tile(x + i * K, K, w + j * K, out + i * N + j, N);
         for (int64_t i = nr; i < n; i++)
-            for (int c = 0; c < TC; c++)
-                out[i * N + j + c] = row1(x + i * K, w + (j + c) * K, K);
+            tile1(x + i * K, K, w + j * K, out + i * N + j, N);
     }
     for (; j < j1; j++)
         for (int64_t i = 0; i < n; i++)
