@@ -27,6 +27,7 @@ same steps for all layers in one native call (``native/step.c``; tests compare).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -224,6 +225,16 @@ class PortableEngine:
         self.governor = threads.Governor()  # the kernel's thread count, chosen by measuring
         # a decoding step's layers in one native call (the same numbers as the layer loop)
         self._steps = kernel.step_table(self.w.layers) if self.native else None
+        self._scratch = threading.local()  # per thread (segments score side by side): attention scores
+
+    def _scores_buffer(self, shape: tuple) -> np.ndarray:
+        """An int32 array of ``shape`` from memory this thread reuses: an encoder's scores are ~20 MB
+        per layer, and fresh pages cost their zeroing every call."""
+        size = int(np.prod(shape))
+        buf = getattr(self._scratch, "acc", None)
+        if buf is None or buf.size < size:
+            buf = self._scratch.acc = np.empty(size, dtype=np.int32)
+        return buf[:size].reshape(shape)
 
     def params(self) -> dict:
         return {"version": VERSION}
@@ -360,7 +371,7 @@ class PortableEngine:
             pv, esum = kernel.attend1(q8[0], sq[0, ..., 0], (ck[0], cv[0], csk[0], csv[0]), shared, P, end, svmax[0],
                                       pos, self.inv_sqrt_d, tables.ATT_STEPS, EXP32)
             return self._merge((pv.astype(np.float64) * svmax[0, ..., None] / esum[..., None])[None], n, t, G, D)
-        acc = np.empty((n, KV, R, end), dtype=np.int32)  # scores of keys 0..end-1, then their weights
+        acc = self._scores_buffer((n, KV, R, end))  # scores of keys 0..end-1, then their weights
         kernel.attn_scores(q8, ck, own, out=acc[..., P:])
         if sh is not None and n == 1:
             kernel.attn_scores(q8, sh.k[li, :1], P, out=acc[..., :P])
