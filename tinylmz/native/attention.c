@@ -47,25 +47,16 @@ static void qk_rows(const int16_t *q16, const int8_t *kb, int64_t R, int64_t T, 
 #if VEC > 1
     acc_t kv[256 / VEC];
 #if defined(__AVX2__) && VEC == 16
-    if (D == 64) {
+    if (D == 64 && T >= 4) { /* keys in fours; the 1-3 left over by the loop below */
+        int64_t done = 0;
         for (int64_t r0 = 0; r0 < R; r0 += 3) {
-            int64_t rn = R - r0 < 3 ? R - r0 : 3, done;
+            int64_t rn = R - r0 < 3 ? R - r0 : 3;
             const int16_t *qr = q16 + r0 * 64;
             int32_t *sr = s + r0 * ld;
             done = rn == 3 ? qk_fours(qr, kb, 3, T, sr, ld) : rn == 2 ? qk_fours(qr, kb, 2, T, sr, ld)
                                                                     : qk_fours(qr, kb, 1, T, sr, ld);
-            for (int64_t j = done; j < T; j++) {
-                for (int64_t c = 0; c < 4; c++)
-                    kv[c] = load_w(kb + j * 64 + c * 16);
-                for (int64_t r = 0; r < rn; r++) {
-                    acc_t a = acc_zero();
-                    for (int64_t c = 0; c < 4; c++)
-                        a = mac(a, load_x(qr + r * 64 + c * 16), kv[c]);
-                    sr[r * ld + j] = (int32_t)acc_sum(a);
-                }
-            }
         }
-        return;
+        kb += done * D, s += done, T -= done;
     }
 #endif
     for (int64_t r0 = 0; r0 < R; r0 += 4) {
