@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+import ctypes
 
 import numpy as np
 import pytest
@@ -25,6 +27,30 @@ def test_pool_products_equal_for_every_thread_count():
     for nt in (1, 2, 3, 5, 16):
         threads.set_threads(nt)
         assert np.array_equal(kernel.qgemm(x, w), want), nt
+
+
+def test_pool_calls_only_the_workers_a_job_uses():
+    """A pool started with 3 threads, then run with 2: its third worker is never woken (it once
+    was, in place of the second, and took the CPU of the two that worked)."""
+    fn = kernel.load()
+    assert fn is not None, "the native kernel did not build"
+    calls = fn.lib.pool_calls
+    calls.restype, calls.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    rng = np.random.default_rng(4)
+    x = rng.integers(-32767, 32768, (7, 1536)).astype(np.int16)
+    w = rng.integers(-127, 128, (2052, 1536)).astype(np.int8)
+    threads.set_threads(3)
+    kernel.qgemm(x, w)  # workers 1 and 2 exist now
+    time.sleep(0.01)
+    before = calls(1), calls(2)
+    threads.set_threads(2)
+    for _ in range(50):
+        kernel.qgemm(x, w)
+    deadline = time.monotonic() + 5
+    while calls(1) == before[0] and time.monotonic() < deadline:  # a busy machine may hold worker 1 back
+        time.sleep(0.01)
+    assert calls(1) > before[0]
+    assert calls(2) == before[1]
 
 
 def test_pool_serves_two_callers_at_once():

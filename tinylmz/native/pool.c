@@ -9,8 +9,12 @@
  * another process held a core.)  Which thread runs a task never changes a result: each task
  * writes its own outputs.
  *
- * Waiting: a worker spins for a while after each job (wake-ups are then immediate), and
- * sleeps on a futex once the spin budget is spent.  The budget halves whenever the worker
+ * Waiting: each worker has its own bell, rung only for the jobs it may take part in (me <
+ * nt), so workers beyond a job's thread count neither wake nor spin for it (a pool started
+ * with 3 threads, then run with 2 on 2 cores, had its third worker woken in place of the
+ * second and taking CPU from the two that worked).  A worker spins on its bell for a while
+ * after each job (wake-ups are then immediate), and sleeps on it (a futex) once the spin
+ * budget is spent.  The budget halves whenever the worker
  * arrives too late to get a task (the machine is busy: spinning only takes time from the
  * threads that do the work) and doubles when it gets one.  The caller spins briefly on the
  * tasks still running, then sleeps until the last one ends, so an idle core is free for
@@ -43,9 +47,15 @@ typedef struct {
     _Atomic uint32_t waiting; /* the caller sleeps on done */
 } slot_t;
 
-static _Atomic uint64_t state;      /* generation << 32 | next task */
-static _Atomic uint32_t gen_word;   /* the generation: workers sleep on it */
-static _Atomic int32_t sleepers;
+static _Atomic uint64_t state; /* generation << 32 | next task */
+
+typedef struct {
+    _Atomic uint32_t bell;  /* the last generation this worker was called for (its futex word) */
+    _Atomic int32_t asleep; /* it sleeps on bell, or is about to */
+    _Atomic int64_t calls;  /* bells it answered (pool_calls: the tests check who is called) */
+    char pad[48];           /* one cache line per worker: the caller writes them all */
+} seat_t;
+static seat_t seats[POOL_MAX];
 static slot_t slots[4];
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -106,23 +116,25 @@ static int64_t work(uint32_t g, int64_t me)
 static void *worker(void *arg)
 {
     int64_t me = (int64_t)(intptr_t)arg, spin = spin_max_ns;
-    uint32_t seen = atomic_load(&gen_word);
+    seat_t *seat = &seats[me];
+    uint32_t seen = atomic_load(&seat->bell);
     for (;;) {
-        uint32_t g = atomic_load_explicit(&gen_word, memory_order_acquire);
+        uint32_t g = atomic_load_explicit(&seat->bell, memory_order_acquire);
         if (g == seen) {
             int64_t until = now_ns() + spin;
-            for (int k = 0; (g = atomic_load_explicit(&gen_word, memory_order_acquire)) == seen; k++) {
+            for (int k = 0; (g = atomic_load_explicit(&seat->bell, memory_order_acquire)) == seen; k++) {
                 relax();
                 if ((k & 63) == 63 && now_ns() > until) {
-                    atomic_fetch_add(&sleepers, 1);
-                    if (atomic_load(&gen_word) == seen)
-                        futex_wait(&gen_word, seen);
-                    atomic_fetch_sub(&sleepers, 1);
+                    atomic_store(&seat->asleep, 1); /* seq_cst: ordered against the caller's bell */
+                    if (atomic_load(&seat->bell) == seen)
+                        futex_wait(&seat->bell, seen);
+                    atomic_store(&seat->asleep, 0);
                     until = now_ns() + spin;
                 }
             }
         }
         seen = g;
+        atomic_fetch_add_explicit(&seat->calls, 1, memory_order_relaxed);
         if (work(g, me) > 0)
             spin = spin * 2 > spin_max_ns ? spin_max_ns : spin * 2;
         else
@@ -184,9 +196,11 @@ void pool_for(int64_t ntasks, int64_t nt, pool_fn fn, void *ctx)
     atomic_store_explicit(&s->done, 0, memory_order_relaxed);
     atomic_store_explicit(&s->waiting, 0, memory_order_relaxed);
     atomic_store_explicit(&state, (uint64_t)g << 32, memory_order_release);
-    atomic_store(&gen_word, g); /* seq_cst: ordered against the workers' `sleepers` */
-    if (atomic_load(&sleepers) > 0)
-        futex_wake(&gen_word, (int)(nt - 1));
+    for (int64_t i = 1; i < nt; i++) {
+        atomic_store(&seats[i].bell, g); /* seq_cst: ordered against the worker's `asleep` */
+        if (atomic_load(&seats[i].asleep))
+            futex_wake(&seats[i].bell, 1);
+    }
     work(g, 0);
     /* wait for the tasks other threads claimed and are still running */
     int64_t until = now_ns() + caller_spin_ns;
@@ -206,6 +220,8 @@ void pool_for(int64_t ntasks, int64_t nt, pool_fn fn, void *ctx)
 
 int64_t pool_threaded(void) { return 1; }
 
+int64_t pool_calls(int64_t me) { return me > 0 && me < POOL_MAX ? atomic_load(&seats[me].calls) : 0; }
+
 void pool_set_spin(int64_t worker_ns, int64_t caller_ns)
 {
     spin_max_ns = worker_ns > SPIN_MIN_NS ? worker_ns : SPIN_MIN_NS;
@@ -222,6 +238,8 @@ void pool_for(int64_t ntasks, int64_t nt, pool_fn fn, void *ctx)
 }
 
 int64_t pool_threaded(void) { return 0; }
+
+int64_t pool_calls(int64_t me) { (void)me; return 0; }
 
 void pool_set_spin(int64_t worker_ns, int64_t caller_ns) { (void)worker_ns, (void)caller_ns; }
 

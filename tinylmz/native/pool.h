@@ -8,6 +8,7 @@ typedef void (*pool_fn)(void *ctx, int64_t task, int64_t me);
 void pool_for(int64_t ntasks, int64_t nt, pool_fn fn, void *ctx);
 int64_t pool_threaded(void);
 void pool_set_spin(int64_t worker_ns, int64_t caller_ns);
+int64_t pool_calls(int64_t me); /* jobs worker `me` (1..) has answered so far */
 
 /* How many tasks to cut work of `units` independent pieces into for nt threads: a few per
  * thread, so that a late thread's share is picked up by the others. */
