@@ -6,7 +6,9 @@ weights once and each stream's keys and values.  For n streams whose windows are
 2: 2,048 positions), this fills a stepper with random tokens, then times steps with 1 and 2
 kernel threads, and prints ms per step, tokens/s, and the bytes a step reads over its time
 beside the rate this machine streams memory at (numpy threads taking the maximum of parts of a
-256 MB byte array; numpy's reductions release the GIL).
+256 MB byte array; numpy's reductions release the GIL); then, per row, the milliseconds of a
+step that each phase of the native step took (``kernel.step_phases``; the rest of a step is
+the output layer and Python).
 
     OPENBLAS_NUM_THREADS=1 python scripts/bench_step.py [--streams 1,7] [--steps 40]
 """
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tinylmz import codec, registry, threads  # noqa: E402
+from tinylmz import codec, kernel, registry, threads  # noqa: E402
 from tinylmz.engine_portable import PortableEngine  # noqa: E402
 from tinylmz.tokens import Tokenizer  # noqa: E402
 
@@ -61,12 +63,15 @@ def main() -> int:
     print(f"{'streams':>7} {'threads':>7} {'ms/step':>8} {'tokens/s':>8} {'GB/s read':>9}")
     rng = np.random.default_rng(0)
     start = Tokenizer(m.path).vocab.start_id
+    phases = []
     for n in (int(s) for s in args.streams.split(",")):
         st = eng.stepper(eng.prefill([start]), n, window=args.window)
         for _ in range(args.window + 2 * codec.WINDOW_STEP):
             st.feed(rng.integers(100, 20000, n).tolist())
         for nt in (1, 2):
             threads.set_threads(nt)
+            if eng.native:
+                kernel.step_phases()  # reset
             ts = []
             for _ in range(args.steps):
                 ids = rng.integers(100, 20000, n).tolist()
@@ -75,7 +80,15 @@ def main() -> int:
                 ts.append(time.perf_counter() - t)
             ms = float(np.median(ts)) * 1e3
             print(f"{n:7d} {nt:7d} {ms:8.2f} {n / ms * 1e3:8.0f} {(weights + n * kv_per_stream) / ms / 1e6:9.1f}")
+            if eng.native:
+                phases.append((n, nt, kernel.step_phases()))
     threads.set_threads(None)
+    if phases:
+        print("\nms per step in each phase of the native step (mean over the timed steps)")
+        print(f"{'phase':>22} " + " ".join(f"{f'{n}s {nt}t':>7}" for n, nt, _ in phases))
+        for name in kernel.STEP_PHASES:
+            print(f"{name:>22} " + " ".join(f"{ph[name] / args.steps * 1e3:7.2f}" for _, _, ph in phases))
+        print(f"{'all phases':>22} " + " ".join(f"{sum(ph.values()) / args.steps * 1e3:7.2f}" for _, _, ph in phases))
     return 0
 
 

@@ -386,6 +386,30 @@ def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, 
     assert len(calls) == steps
 
 
+def test_step_phases_account_for_the_native_steps(wide_model):
+    """kernel.step_phases: every phase of the native step is timed, the phases add up to no more
+    than the steps' wall time, and reading them resets them."""
+    import time
+
+    from tinylmz import kernel
+
+    if kernel.load() is None:
+        pytest.fail("the native kernel did not build here; a C compiler is a documented requirement")
+    eng = _engine(wide_model)
+    assert eng._steps is not None
+    st = eng.stepper(eng.prefill([0]), 2)
+    kernel.step_phases()
+    t = time.perf_counter()
+    for row in _ids(20, seed=5).reshape(10, 2):
+        st.feed(row.tolist())
+    wall = time.perf_counter() - t
+    ph = kernel.step_phases()
+    assert list(ph) == list(kernel.STEP_PHASES)
+    assert all(v > 0 for v in ph.values()), ph
+    assert sum(ph.values()) <= wall
+    assert all(v == 0 for v in kernel.step_phases().values())
+
+
 def test_the_kernel_imports_nothing_above_it():
     """Data flows one way: the native kernel's module (its load-time self-check included) imports
     neither the engine nor the frequency function; their definitions are checked against it from

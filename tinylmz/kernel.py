@@ -102,7 +102,8 @@ def load():
     lib.attend1.restype = i64
     lib.attend1.argtypes = [p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, i64, p, p, i64, i64, p, p, f64, f64,
                             p, i64, p, p, i64]
-    lib.decode_step.restype = i64
+    lib.decode_step.restype = lib.step_phases.restype = i64
+    lib.step_phases.argtypes = [p]
     lib.decode_step.argtypes = [p, p, p, f64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64,
                                 i64, f64, f64, p, i64, p, f64, f64, i64]
     lib.rmsnorm.restype = lib.rope.restype = None
@@ -506,6 +507,19 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
                            cap0, P, float(inv), float(steps), exp.ctypes.data, len(exp), sig.ctypes.data,
                            float(sig_range), float(sig_steps), threads()):
         raise MemoryError("out of memory in the decoding step")
+
+
+STEP_PHASES = ("qkv product", "rope, cache", "scores", "softmax weights", "values", "o product", "gate-up product",
+               "swiglu, down product")
+
+
+def step_phases(lib=None) -> dict[str, float]:
+    """Wall seconds per phase of this thread's ``decode_step`` calls since the last call (which
+    resets them): where a decoding step's time goes."""
+    lib = lib or load().lib
+    out = np.zeros(len(STEP_PHASES))
+    assert lib.step_phases(out.ctypes.data) == len(STEP_PHASES)
+    return dict(zip(STEP_PHASES, out.tolist()))
 
 
 def step_table(layers: list[dict], keys=("qkv", "o", "gateup", "down")) -> tuple[np.ndarray, int] | None:

@@ -14,6 +14,34 @@
  *   x += att @ Wo;  x += swiglu(rmsnorm(x) @ Wgateup) @ Wdown
  */
 #include "common.h"
+#include <time.h>
+
+/* Wall seconds per phase of this thread's decoding steps since the last step_phases call, which
+ * copies them out and resets them (scripts/bench_step.py: where a step's time goes). */
+enum { PH_QKV, PH_CACHE, PH_QK, PH_SOFTMAX, PH_PV, PH_O, PH_GATEUP, PH_DOWN, PH_N };
+static _Thread_local double phase_s[PH_N];
+
+int64_t step_phases(double *out)
+{
+    for (int i = 0; i < PH_N; i++)
+        out[i] = phase_s[i], phase_s[i] = 0;
+    return PH_N;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Charge the time since *t0 to phase i. */
+static inline void lap(int i, double *t0)
+{
+    double t = now_s();
+    phase_s[i] += t - *t0;
+    *t0 = t;
+}
 
 void quant16(const double *x, int64_t n, int64_t K, double levels, int16_t *q, double *scale);
 void rmsnorm(const double *x, int64_t n, int64_t K, const double *g, double eps, double *out);
@@ -121,6 +149,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
     int64_t ok = 1;
     for (int64_t r = 0; r < R; r++)
         pos[r] = T - 1; /* every row sits at the new position: all T keys visible */
+    double t0 = now_s();
     for (int64_t l = 0; l < L && ok; l++) {
         const int64_t *w = wt + l * W_FIELDS;
         int8_t *K8 = ck + l * ls * D, *V8 = cv + l * ls * D;
@@ -132,6 +161,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             ok = 0;
             break;
         }
+        lap(PH_QKV, &t0);
         /* q and k rotated; k and v quantized per (stream, head) into the cache at o0 */
         rope(qkv, n, Q, 1, H, D, half, cos, sin, qr);
         rope(qkv + H * D, n, Q, 1, KV, D, half, cos, sin, y); /* y: scratch for the rotated keys */
@@ -162,6 +192,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                     svmax[(b * KV + j) * R + r] = m;
             }
         int64_t work = B * R * T * D, ant = work >= 1 << 18 ? nt : 1;
+        lap(PH_CACHE, &t0);
         qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
         if (once) {
             for (int64_t b = 0; b < n; b++)
@@ -177,12 +208,14 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
         }
         for (int64_t b = 0; P && !once && b < n; b++) /* the shared prefix's keys, for each stream's rows */
             qk_mt(q8 + b * KV * R * D, k0 + l * ls0 * D, KV, R, P, D, cap0 * D, acc + b * KV * R * T, R * T, T, snt);
+        lap(PH_QK, &t0);
         softmax_p_mt(acc, s1, P ? sk0 + l * ls0 : SK + lo, P ? sv0 + l * ls0 : SV + lo, P, 0, cap0, KV, SK + lo,
                      SV + lo, svmax, pos, B, R, T, cap, inv, steps, table, tlen, acc, esum,
                      B * R * T * 16 >= 1 << 18 ? nt : 1);
         for (int64_t i = 0; i < B * R; i++)
             if (!esum[i]) /* every row sees at least its top key: 0 means malloc failed */
                 ok = 0;
+        lap(PH_SOFTMAX, &t0);
         pv_mt(acc + P, V8 + lo * D, B, R, own, D, cap * D, pv, R * T, T, ant);
         if (once) {
             for (int64_t b = 0; b < n; b++)
@@ -204,20 +237,24 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
         for (int64_t i = 0; i < B * R; i++)
             for (int64_t d = 0; d < D; d++)
                 qr[i * D + d] = (double)pv[i * D + d] * svmax[i] / (double)esum[i];
+        lap(PH_PV, &t0);
         /* x += att @ Wo;  x += swiglu(rmsnorm(x) @ Wgateup) @ Wdown */
         if (!add_product(x, qr, n, H * D, w + W_O, E, packed, q16, s1, prod, y, nt)) {
             ok = 0;
             break;
         }
+        lap(PH_O, &t0);
         rmsnorm(x, n, E, (const double *)w[W_FNORM], eps, h);
         quant16(h, n, E, 32767.0, q16, s1);
         if (!product(q16, s1, n, E, w + W_GU, 2 * F, packed, prod, qkv, nt)) {
             ok = 0;
             break;
         }
+        lap(PH_GATEUP, &t0);
         swiglu(qkv, n, F, sig, sig_range, sig_steps, ff);
         if (!add_product(x, ff, n, F, w + W_D, E, packed, q16, s1, prod, y, nt))
             ok = 0;
+        lap(PH_DOWN, &t0);
     }
     free(mem);
     return ok;
