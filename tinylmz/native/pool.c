@@ -10,13 +10,13 @@
  * writes its own outputs.
  *
  * Waiting: each worker has its own bell, rung only for the jobs it may take part in (me <
- * nt), so workers beyond a job's thread count neither wake nor spin for it (a pool started
- * with 3 threads, then run with 2 on 2 cores, had its third worker woken in place of the
- * second and taking CPU from the two that worked).  A worker spins on its bell for a while
- * after each job (wake-ups are then immediate), and sleeps on it (a futex) once the spin
- * budget is spent.  The budget halves whenever the worker
- * arrives too late to get a task (the machine is busy: spinning only takes time from the
- * threads that do the work) and doubles when it gets one.  The caller spins briefly on the
+ * nt), so workers beyond a job's thread count neither wake nor spin for it (with one word
+ * for all, a pool started with 3 threads, then run with 2 on 2 cores, woke its third worker,
+ * possibly in place of the second, and it took CPU from the two that worked).  A worker
+ * spins on its bell for a while after each job (wake-ups are then immediate), and sleeps on
+ * it (a futex) once the spin budget is spent.  The budget halves whenever the worker arrives
+ * too late to get a task (the machine is busy: spinning only takes time from the threads
+ * that do the work) and doubles when it gets one.  The caller spins briefly on the
  * tasks still running, then sleeps until the last one ends, so an idle core is free for
  * the thread it waits for.
  *
