@@ -302,8 +302,11 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, pool_tasks(tiles, nt),
-                   N, out, sx, ws, y};
+    /* One or two rows are bound by reading the weights: two long tasks per thread keep each
+     * thread's reads sequential for longer (with pool_tasks' 8 per thread, threading a decoder
+     * step's smaller products made one stream slower); more rows take the usual few per thread. */
+    int64_t tasks = n <= 2 && nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
+    lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, tasks, N, out, sx, ws, y};
     pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);
     return 1;
