@@ -1,11 +1,11 @@
 """The kernels' thread pool and the thread-count governor: results never depend on threads."""
 
+import ctypes
 import os
 import subprocess
 import sys
 import threading
 import time
-import ctypes
 
 import numpy as np
 import pytest

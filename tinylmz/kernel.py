@@ -249,9 +249,8 @@ def _run_packed(lib, x: np.ndarray, w: Packed, n_threads: int, sx=None, ws=None)
     if sx is not None and w.n16 != w.n:
         ws = np.concatenate([ws, np.zeros(w.n16 - w.n)])
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
-    nt = n_threads if n * w.n16 * K >= 1 << 20 else 1
     if not lib.qgemm_lanes(x.ctypes.data, n, K, *w.ptrs, w.n16, ptr(out), ptr(sx),
-                           ptr(ws), ptr(y), nt):
+                           ptr(ws), ptr(y), n_threads):  # small products: one thread (qgemm_lanes)
         raise MemoryError("out of memory in the matrix product")
     res = out if y is None else y
     return res if w.n16 == w.n else res[:, : w.n]

@@ -278,8 +278,8 @@ static void lanes_task(void *p, int64_t t, int64_t me)
 
 
 /* x (n x K int16) times packed weights (N rows, N a multiple of 16, K4 = ceil(K / 4) quads):
- * out (int64, optional) and y = dequantized (optional), with nt threads splitting blocks of rows
- * of w.  Returns 0 where the kernel lacks this path or memory runs out (nothing written). */
+ * out (int64, optional) and y = dequantized (optional), with up to nt threads splitting blocks
+ * of rows of w.  Returns 0 where the kernel lacks this path or memory runs out (nothing written). */
 int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, const int32_t *wsum, int64_t N,
                     int64_t *out, const double *sx, const double *ws, double *y, int64_t nt)
 {
@@ -302,10 +302,14 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    /* One or two rows are bound by reading the weights: two long tasks per thread keep each
-     * thread's reads sequential for longer (with pool_tasks' 8 per thread, threading a decoder
-     * step's smaller products made one stream slower); more rows take the usual few per thread. */
-    int64_t tasks = n <= 2 && nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
+    /* Products of one or two rows are bound by reading the weights: threads pay for them from
+     * 2^17 multiply-adds, in two long tasks per thread so that each thread's reads stay
+     * sequential (with pool_tasks' 8 per thread, threading them made a one-stream decoder step
+     * slower).  More rows are arithmetic: threads from 2^20 on, the usual few tasks per thread. */
+    int small = n <= 2;
+    if (n * N * K < (small ? 1 << 17 : 1 << 20))
+        nt = 1;
+    int64_t tasks = small && nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
     lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, tasks, N, out, sx, ws, y};
     pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);

@@ -74,11 +74,8 @@ static int product(const int16_t *q, const double *sx, int64_t n, int64_t K, con
                    int packed, int64_t *out, double *y, int64_t nt)
 {
     const double *ws = (const double *)w[2];
-    /* One or two rows only stream the weights: threads pay from smaller products then (in long
-     * tasks, qgemm_lanes), more rows are arithmetic and share the threads from 2^20 on. */
-    if (packed)
-        return (int)qgemm_lanes(q, n, K, (const int8_t *)w[0], (const int32_t *)w[1], N, NULL, sx, ws, y,
-                                n * N * K >= (n <= 2 ? 1 << 17 : 1 << 20) ? nt : 1);
+    if (packed) /* qgemm_lanes itself runs small products on one thread */
+        return (int)qgemm_lanes(q, n, K, (const int8_t *)w[0], (const int32_t *)w[1], N, NULL, sx, ws, y, nt);
     if (nt <= 1 || n * N * K < 1 << 22)
         qgemm(q, n, K, (const int8_t *)w[0], 0, N, N, out, sx, ws, y);
     else
