@@ -508,8 +508,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
         raise MemoryError("out of memory in the decoding step")
 
 
-STEP_PHASES = ("qkv product", "rope, cache", "scores", "softmax weights", "values", "o product", "gate-up product",
-               "swiglu, down product")
+STEP_PHASES = ("qkv product", "rope, cache", "scores", "softmax weights", "values", "attention, fused",
+               "o product", "gate-up product", "swiglu, down product")
 
 
 def step_phases(lib=None) -> dict[str, float]:

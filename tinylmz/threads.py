@@ -29,8 +29,21 @@ def set_threads(n: int | None) -> None:
     _requested = None if n is None else int(n)
 
 
+_cpus: tuple[float, int] | None = None  # (when read, count): the count read at most once a second
+
+
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set."""
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota if one is set.
+
+    Read again once a second at most (a decoder asks twice per step; the reads cost ~1 % of a step)."""
+    global _cpus
+    now = time.monotonic()
+    if _cpus is None or now - _cpus[0] > 1.0:
+        _cpus = (now, _read_cpus())
+    return _cpus[1]
+
+
+def _read_cpus() -> int:
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS

@@ -209,17 +209,34 @@ static void pack_values(keys_t v, int64_t T, __m512i *vt)
 #define PV_KEYS 128 /* keys per int32 block */
 #define PV_QUADS (PV_KEYS / 4)
 
+/* out[d] += 256 hi + lo for d < 64, from one row's lane-wise sums (vector X, 128-bit lane L,
+ * dword i: d = 16 L + 4 X + i). */
+static inline void add_row_sums(__m512i l0, __m512i l1, __m512i l2, __m512i l3, __m512i h0, __m512i h1, __m512i h2,
+                                __m512i h3, int64_t *out)
+{
+    __m512i t[4] = {_mm512_add_epi32(_mm512_slli_epi32(h0, 8), l0), _mm512_add_epi32(_mm512_slli_epi32(h1, 8), l1),
+                    _mm512_add_epi32(_mm512_slli_epi32(h2, 8), l2), _mm512_add_epi32(_mm512_slli_epi32(h3, 8), l3)};
+    /* 4 x 4 transpose of 128-bit lanes: n[L] = lane L of t[0..3] = d 16 L .. 16 L + 15 */
+    __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44), t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
+    __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE), t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
+    __m512i n[4] = {_mm512_shuffle_i32x4(t01l, t23l, 0x88), _mm512_shuffle_i32x4(t01l, t23l, 0xDD),
+                    _mm512_shuffle_i32x4(t01h, t23h, 0x88), _mm512_shuffle_i32x4(t01h, t23h, 0xDD)};
+    for (int c = 0; c < 4; c++) {
+        __m512i x0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(n[c]));
+        __m512i x1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(n[c], 1));
+        _mm512_storeu_si512(out + 16 * c, _mm512_add_epi64(_mm512_loadu_si512(out + 16 * c), x0));
+        _mm512_storeu_si512(out + 16 * c + 8, _mm512_add_epi64(_mm512_loadu_si512(out + 16 * c + 8), x1));
+    }
+}
+
 /* o[r] = sum_j p[r][j] v[j] (int64, r < R, j < T) from pack_values; v itself is read for the
- * rare weights of 2^16.  plo, phi: scratch of PV_QUADS dwords per row, R rounded up to 2. */
+ * rare weights of 2^16.  plo, phi: scratch of PV_QUADS dwords per row. */
 static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, const __m512i *vt, keys_t v, int64_t *o,
                         uint32_t *plo, uint32_t *phi)
 {
     const __m512i lo8 = _mm512_set1_epi32(0xFF), top = _mm512_set1_epi32(0xFFFF);
-    int64_t R2 = (R + 1) / 2 * 2;
     for (int64_t i = 0; i < R * 64; i++)
         o[i] = 0;
-    for (int64_t i = R * PV_QUADS; i < R2 * PV_QUADS; i++)
-        plo[i] = phi[i] = 0; /* a padding row weighs 0 */
     for (int64_t j0 = 0; j0 < T; j0 += PV_KEYS) {
         int64_t nk = T - j0 < PV_KEYS ? T - j0 : PV_KEYS, nq = (nk + 3) / 4;
         for (int64_t r = 0; r < R; r++)
@@ -235,7 +252,7 @@ static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, cons
                 }
             }
         const __m512i *vb = vt + j0; /* 4 vectors per quad: quad j0 / 4 starts at vector j0 */
-        for (int64_t r0 = 0; r0 < R2; r0 += 2) {
+        for (int64_t r0 = 0; r0 + 1 < R; r0 += 2) {
             /* 2 rows x 4 vectors of low-byte and high-byte sums */
             __m512i l00 = _mm512_setzero_si512(), l01 = l00, l02 = l00, l03 = l00, l10 = l00, l11 = l00, l12 = l00;
             __m512i l13 = l00, h00 = l00, h01 = l00, h02 = l00, h03 = l00, h10 = l00, h11 = l00, h12 = l00, h13 = l00;
@@ -257,28 +274,24 @@ static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, cons
                 h10 = _mm512_dpbusd_epi32(h10, b, v0); h11 = _mm512_dpbusd_epi32(h11, b, v1);
                 h12 = _mm512_dpbusd_epi32(h12, b, v2); h13 = _mm512_dpbusd_epi32(h13, b, v3);
             }
-            __m512i lo[2][4] = {{l00, l01, l02, l03}, {l10, l11, l12, l13}};
-            __m512i hi[2][4] = {{h00, h01, h02, h03}, {h10, h11, h12, h13}};
-            int64_t rn = R - r0 < 2 ? R - r0 : 2;
-            for (int64_t r = 0; r < rn; r++) {
-                __m512i t[4], n[4];
-                for (int c = 0; c < 4; c++)
-                    t[c] = _mm512_add_epi32(_mm512_slli_epi32(hi[r][c], 8), lo[r][c]);
-                /* 4 x 4 transpose of 128-bit lanes: n[L] = lane L of t[0..3] = d 16 L .. 16 L + 15 */
-                __m512i t01l = _mm512_shuffle_i32x4(t[0], t[1], 0x44), t23l = _mm512_shuffle_i32x4(t[2], t[3], 0x44);
-                __m512i t01h = _mm512_shuffle_i32x4(t[0], t[1], 0xEE), t23h = _mm512_shuffle_i32x4(t[2], t[3], 0xEE);
-                n[0] = _mm512_shuffle_i32x4(t01l, t23l, 0x88);
-                n[1] = _mm512_shuffle_i32x4(t01l, t23l, 0xDD);
-                n[2] = _mm512_shuffle_i32x4(t01h, t23h, 0x88);
-                n[3] = _mm512_shuffle_i32x4(t01h, t23h, 0xDD);
-                for (int c = 0; c < 4; c++) {
-                    int64_t *out = o + (r0 + r) * 64 + 16 * c;
-                    __m512i x0 = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(n[c]));
-                    __m512i x1 = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(n[c], 1));
-                    _mm512_storeu_si512(out, _mm512_add_epi64(_mm512_loadu_si512(out), x0));
-                    _mm512_storeu_si512(out + 8, _mm512_add_epi64(_mm512_loadu_si512(out + 8), x1));
-                }
+            add_row_sums(l00, l01, l02, l03, h00, h01, h02, h03, o + r0 * 64);
+            add_row_sums(l10, l11, l12, l13, h10, h11, h12, h13, o + (r0 + 1) * 64);
+        }
+        if (R % 2) { /* the odd last row alone, not paired with a row of zeros */
+            __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
+            const uint32_t *lo0 = plo + (R - 1) * PV_QUADS, *hi0 = phi + (R - 1) * PV_QUADS;
+            for (int64_t qd = 0; qd < nq; qd++) {
+                const __m512i *vq = vb + 4 * qd;
+                __m512i v0 = _mm512_load_si512((const void *)vq), v1 = _mm512_load_si512((const void *)(vq + 1));
+                __m512i v2 = _mm512_load_si512((const void *)(vq + 2)), v3 = _mm512_load_si512((const void *)(vq + 3));
+                __m512i b = _mm512_set1_epi32((int)lo0[qd]);
+                l0 = _mm512_dpbusd_epi32(l0, b, v0); l1 = _mm512_dpbusd_epi32(l1, b, v1);
+                l2 = _mm512_dpbusd_epi32(l2, b, v2); l3 = _mm512_dpbusd_epi32(l3, b, v3);
+                b = _mm512_set1_epi32((int)hi0[qd]);
+                h0 = _mm512_dpbusd_epi32(h0, b, v0); h1 = _mm512_dpbusd_epi32(h1, b, v1);
+                h2 = _mm512_dpbusd_epi32(h2, b, v2); h3 = _mm512_dpbusd_epi32(h3, b, v3);
             }
+            add_row_sums(l0, l1, l2, l3, h0, h1, h2, h3, o + (R - 1) * 64);
         }
     }
 }
@@ -300,14 +313,14 @@ static int qk_lanes(const int8_t *q, const int8_t *k, int64_t R, int64_t T, int3
 
 static int pv_lanes(const int32_t *p, const int8_t *v, int64_t R, int64_t T, int64_t *o, int64_t ld)
 {
-    int64_t quads = (T + 3) / 4, R2 = (R + 1) / 2 * 2;
-    __m512i *buf = aligned_alloc(64, 64 * (size_t)(quads * 4 + (2 * R2 * PV_QUADS + 15) / 16));
+    int64_t quads = (T + 3) / 4;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(quads * 4 + (2 * R * PV_QUADS + 15) / 16));
     if (!buf)
         return 0;
     keys_t vv = {v, v, T};
     pack_values(vv, T, buf);
     uint32_t *plo = (uint32_t *)(buf + quads * 4);
-    values_rows(p, ld, R, T, buf, vv, o, plo, plo + R2 * PV_QUADS);
+    values_rows(p, ld, R, T, buf, vv, o, plo, plo + R * PV_QUADS);
     free(buf);
     return 1;
 }
@@ -855,7 +868,85 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
                  ratio); /* weights over the scores */
     values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
 }
+
+/* Attention of the decoding step (D = 64), fused per (stream, kv head): each task lays out its batch's
+ * keys and values in the thread's own buffer, then scores, weights and values its R rows
+ * (R <= ATT_ROWS) while they are in cache.  Keys are the shared prefix (k0, P positions, head
+ * stride kv0; scales sk0/sv0, head stride s0) and the stream's own keys (k1 + b kvn + h kvh,
+ * scales sk1/sv1 + b sn + h sh), T in all.  q, sq, svmax, o, esum: batch-major (b, h, r). */
+typedef struct {
+    const int8_t *q;
+    const double *sq;
+    int64_t KV, R;
+    const int8_t *k0, *v0;
+    int64_t kv0;
+    const double *sk0, *sv0;
+    int64_t s0, P;
+    const int8_t *k1, *v1;
+    int64_t kvn, kvh;
+    const double *sk1, *sv1;
+    int64_t sn, sh, T;
+    const double *svmax;
+    const int64_t *pos;
+    double inv, steps;
+    const int32_t *table;
+    int64_t L;
+    int64_t *o, *esum;
+    __m512i *buf;
+    int64_t blocks, per_thread;
+} batches_job;
+
+static void attend_batch_task(void *p, int64_t t, int64_t me)
+{
+    const batches_job *j = p;
+    int64_t T = j->T, R = j->R, b = t / j->KV, h = t % j->KV, i = t * R;
+    __m512i *kt = j->buf + me * j->per_thread, *corr = kt + j->blocks * 16, *vt = corr + j->blocks;
+    uint32_t *qu = (uint32_t *)(vt + j->blocks * 16);
+    int32_t *s = (int32_t *)(qu + ATT_ROWS * 16);
+    double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
+    uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
+    keys_t kk = {j->k0 + h * j->kv0, j->k1 + b * j->kvn + h * j->kvh, j->P};
+    keys_t vv = {j->v0 + h * j->kv0, j->v1 + b * j->kvn + h * j->kvh, j->P};
+    pack_keys(kk, T, kt, corr);
+    unsigned_rows(j->q + i * 64, R, qu);
+    scores_rows(qu, R, kt, corr, T, s, T);
+    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + b * j->sn + h * j->sh,
+                 j->sv1 + b * j->sn + h * j->sh, j->svmax + i, j->pos, R, T, j->inv, j->steps, j->table, j->L, s,
+                 j->esum + i, sbuf, ratio);
+    pack_values(vv, T, vt);
+    values_rows(s, T, R, T, vt, vv, j->o + i * 64, plo, phi);
+}
 #endif
+
+int64_t attend_batches(const int8_t *q, const double *sq, int64_t n, int64_t KV, int64_t R, int64_t D, const int8_t *k0,
+                       const int8_t *v0, int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P,
+                       const int8_t *k1, const int8_t *v1, int64_t kvn, int64_t kvh, const double *sk1,
+                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const double *svmax, const int64_t *pos,
+                       double inv, double steps, const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt)
+{
+#if LANES
+    if (R > ATT_ROWS || D != 64)
+        return 0;
+    int64_t blocks = (T + 15) / 16; /* (T + 3) / 4 quads of 4 vectors fit in blocks * 16 vectors */
+    int64_t per_thread = blocks * 33 + ATT_ROWS + (ATT_ROWS * T * 4 + 2 * T * 8 + 2 * ATT_ROWS * PV_QUADS * 4 + 63) / 64;
+    if (nt < 1)
+        nt = 1;
+    __m512i *buf = aligned_alloc(64, 64 * (size_t)(nt * per_thread));
+    if (!buf)
+        return 0;
+    batches_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kvn, kvh, sk1, sv1, sn, sh, T, svmax,
+                     pos, inv, steps, table, L, o, esum, buf, blocks, per_thread};
+    pool_for(n * KV, nt, attend_batch_task, &j);
+    free(buf);
+    return 1;
+#else
+    (void)q, (void)sq, (void)n, (void)KV, (void)R, (void)D, (void)k0, (void)v0, (void)kv0, (void)sk0, (void)sv0, (void)s0;
+    (void)P, (void)k1, (void)v1, (void)kvn, (void)kvh, (void)sk1, (void)sv1, (void)sn, (void)sh, (void)T;
+    (void)svmax, (void)pos, (void)inv, (void)steps, (void)table, (void)L, (void)o, (void)esum, (void)nt;
+    return 0;
+#endif
+}
+
 int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const int8_t *k0, const int8_t *v0,
                 int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P, const int8_t *k1,
                 const int8_t *v1, int64_t kv1, const double *sk1, const double *sv1, int64_t s1, int64_t T,

@@ -302,14 +302,16 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    /* Products of one or two rows are bound by reading the weights: threads pay for them from
-     * 2^17 multiply-adds, in two long tasks per thread so that each thread's reads stay
-     * sequential (with pool_tasks' 8 per thread, threading them made a one-stream decoder step
-     * slower).  More rows are arithmetic: threads from 2^20 on, the usual few tasks per thread. */
+    /* Two long tasks per thread, each a run of consecutive tiles, so that a thread's reads of
+     * the weights stay sequential: with pool_tasks' 8 per thread, 7-row products (a decoder
+     * step of 7 streams) took a quarter to a third longer, and threading one- or two-row
+     * products made a one-stream step slower.  A thread the OS deschedules holds up a quarter of
+     * the work at most.  Products of one or two rows are bound by reading the weights, and
+     * threads pay for them from 2^17 multiply-adds; more rows are arithmetic: from 2^20 on. */
     int small = n <= 2;
     if (n * N * K < (small ? 1 << 17 : 1 << 20))
         nt = 1;
-    int64_t tasks = small && nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
+    int64_t tasks = nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
     lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, tasks, N, out, sx, ws, y};
     pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);

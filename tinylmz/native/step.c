@@ -18,7 +18,7 @@
 
 /* Wall seconds per phase of this thread's decoding steps since the last step_phases call, which
  * copies them out and resets them (scripts/bench_step.py: where a step's time goes). */
-enum { PH_QKV, PH_CACHE, PH_QK, PH_SOFTMAX, PH_PV, PH_O, PH_GATEUP, PH_DOWN, PH_N };
+enum { PH_QKV, PH_CACHE, PH_QK, PH_SOFTMAX, PH_PV, PH_ATT, PH_O, PH_GATEUP, PH_DOWN, PH_N };
 static _Thread_local double phase_s[PH_N];
 
 int64_t step_phases(double *out)
@@ -62,6 +62,11 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
                   int64_t s0n, int64_t s0h, int64_t KV, const double *sk, const double *sv, const double *svmax,
                   const int64_t *pos, int64_t B, int64_t R, int64_t T, int64_t stride, double inv, double steps,
                   const int32_t *table, int64_t L, int32_t *p, int64_t *esum, int64_t nt);
+int64_t attend_batches(const int8_t *q, const double *sq, int64_t n, int64_t KV, int64_t R, int64_t D, const int8_t *k0,
+                       const int8_t *v0, int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P,
+                       const int8_t *k1, const int8_t *v1, int64_t kvn, int64_t kvh, const double *sk1,
+                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const double *svmax, const int64_t *pos,
+                       double inv, double steps, const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt);
 
 /* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed and row sums,
  * or int8 rows and 0; scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
@@ -192,51 +197,60 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             }
         int64_t work = B * R * T * D, ant = work >= 1 << 18 ? nt : 1;
         lap(PH_CACHE, &t0);
-        qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
-        if (once) {
-            for (int64_t b = 0; b < n; b++)
-                for (int64_t j = 0; j < KV; j++)
-                    for (int64_t i = 0; i < R * D; i++)
-                        qt[(j * n + b) * R * D + i] = q8[(b * KV + j) * R * D + i];
-            qk_mt(qt, k0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, at, n * R * P, P, ant);
-            for (int64_t b = 0; b < n; b++)
-                for (int64_t j = 0; j < KV; j++)
-                    for (int64_t r = 0; r < R; r++)
-                        for (int64_t c = 0; c < P; c++)
-                            acc[((b * KV + j) * R + r) * T + c] = at[((j * n + b) * R + r) * P + c];
-        }
-        for (int64_t b = 0; P && !once && b < n; b++) /* the shared prefix's keys, for each stream's rows */
-            qk_mt(q8 + b * KV * R * D, k0 + l * ls0 * D, KV, R, P, D, cap0 * D, acc + b * KV * R * T, R * T, T, snt);
-        lap(PH_QK, &t0);
-        softmax_p_mt(acc, s1, P ? sk0 + l * ls0 : SK + lo, P ? sv0 + l * ls0 : SV + lo, P, 0, cap0, KV, SK + lo,
-                     SV + lo, svmax, pos, B, R, T, cap, inv, steps, table, tlen, acc, esum,
-                     B * R * T * 16 >= 1 << 18 ? nt : 1);
-        for (int64_t i = 0; i < B * R; i++)
-            if (!esum[i]) /* every row sees at least its top key: 0 means malloc failed */
-                ok = 0;
-        lap(PH_SOFTMAX, &t0);
-        pv_mt(acc + P, V8 + lo * D, B, R, own, D, cap * D, pv, R * T, T, ant);
-        if (once) {
-            for (int64_t b = 0; b < n; b++)
-                for (int64_t j = 0; j < KV; j++)
-                    for (int64_t r = 0; r < R; r++)
-                        for (int64_t c = 0; c < P; c++)
-                            at[((j * n + b) * R + r) * P + c] = acc[((b * KV + j) * R + r) * T + c];
-            pv_mt(at, v0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, pv0, n * R * P, P, ant);
-            for (int64_t b = 0; b < n; b++)
-                for (int64_t j = 0; j < KV; j++)
-                    for (int64_t i = 0; i < R * D; i++)
-                        pv[(b * KV + j) * R * D + i] += pv0[(j * n + b) * R * D + i];
-        }
-        for (int64_t b = 0; P && !once && b < n; b++) {
-            pv_mt(acc + b * KV * R * T, v0 + l * ls0 * D, KV, R, P, D, cap0 * D, pv0, R * T, T, snt);
-            for (int64_t i = 0; i < KV * R * D; i++)
-                pv[b * KV * R * D + i] += pv0[i];
+        /* fused, one (stream, kv head) per task, unless one pass over a long shared prefix for all
+         * streams' rows reads less */
+        if (!once && attend_batches(q8, s1, n, KV, R, D, P ? k0 + l * ls0 * D : K8, P ? v0 + l * ls0 * D : V8, cap0 * D,
+                                    P ? sk0 + l * ls0 : SK, P ? sv0 + l * ls0 : SV, cap0, P, K8 + lo * D,
+                                    V8 + lo * D, ns * D, cap * D, SK + lo, SV + lo, ns, cap, T, svmax, pos, inv,
+                                    steps, table, tlen, pv, esum, ant)) {
+            lap(PH_ATT, &t0);
+        } else {
+            qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
+            if (once) {
+                for (int64_t b = 0; b < n; b++)
+                    for (int64_t j = 0; j < KV; j++)
+                        for (int64_t i = 0; i < R * D; i++)
+                            qt[(j * n + b) * R * D + i] = q8[(b * KV + j) * R * D + i];
+                qk_mt(qt, k0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, at, n * R * P, P, ant);
+                for (int64_t b = 0; b < n; b++)
+                    for (int64_t j = 0; j < KV; j++)
+                        for (int64_t r = 0; r < R; r++)
+                            for (int64_t c = 0; c < P; c++)
+                                acc[((b * KV + j) * R + r) * T + c] = at[((j * n + b) * R + r) * P + c];
+            }
+            for (int64_t b = 0; P && !once && b < n; b++) /* the shared prefix's keys, for each stream's rows */
+                qk_mt(q8 + b * KV * R * D, k0 + l * ls0 * D, KV, R, P, D, cap0 * D, acc + b * KV * R * T, R * T, T, snt);
+            lap(PH_QK, &t0);
+            softmax_p_mt(acc, s1, P ? sk0 + l * ls0 : SK + lo, P ? sv0 + l * ls0 : SV + lo, P, 0, cap0, KV, SK + lo,
+                         SV + lo, svmax, pos, B, R, T, cap, inv, steps, table, tlen, acc, esum,
+                         B * R * T * 16 >= 1 << 18 ? nt : 1);
+            for (int64_t i = 0; i < B * R; i++)
+                if (!esum[i]) /* every row sees at least its top key: 0 means malloc failed */
+                    ok = 0;
+            lap(PH_SOFTMAX, &t0);
+            pv_mt(acc + P, V8 + lo * D, B, R, own, D, cap * D, pv, R * T, T, ant);
+            if (once) {
+                for (int64_t b = 0; b < n; b++)
+                    for (int64_t j = 0; j < KV; j++)
+                        for (int64_t r = 0; r < R; r++)
+                            for (int64_t c = 0; c < P; c++)
+                                at[((j * n + b) * R + r) * P + c] = acc[((b * KV + j) * R + r) * T + c];
+                pv_mt(at, v0 + l * ls0 * D, KV, n * R, P, D, cap0 * D, pv0, n * R * P, P, ant);
+                for (int64_t b = 0; b < n; b++)
+                    for (int64_t j = 0; j < KV; j++)
+                        for (int64_t i = 0; i < R * D; i++)
+                            pv[(b * KV + j) * R * D + i] += pv0[(j * n + b) * R * D + i];
+            }
+            for (int64_t b = 0; P && !once && b < n; b++) {
+                pv_mt(acc + b * KV * R * T, v0 + l * ls0 * D, KV, R, P, D, cap0 * D, pv0, R * T, T, snt);
+                for (int64_t i = 0; i < KV * R * D; i++)
+                    pv[b * KV * R * D + i] += pv0[i];
+            }
+            lap(PH_PV, &t0);
         }
         for (int64_t i = 0; i < B * R; i++)
             for (int64_t d = 0; d < D; d++)
                 qr[i * D + d] = (double)pv[i * D + d] * svmax[i] / (double)esum[i];
-        lap(PH_PV, &t0);
         /* x += att @ Wo;  x += swiglu(rmsnorm(x) @ Wgateup) @ Wdown */
         if (!add_product(x, qr, n, H * D, w + W_O, E, packed, q16, s1, prod, y, nt)) {
             ok = 0;
