@@ -46,6 +46,14 @@ CHUNK = 256  # positions per call in ``score`` (memory bound only; results do no
 WINDOW_STEP = 256  # a window moves in steps of this many positions (format version 2)
 
 
+def _aligned(shape: tuple, dtype) -> np.ndarray:
+    """Zeros on a 64-byte boundary (the lane-wise kernels load whole vectors)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.zeros(size + 64, dtype=np.uint8)
+    off = -buf.ctypes.data % 64
+    return buf[off : off + size].view(dtype).reshape(shape)
+
+
 def window_start(q: int, window: int) -> int:
     """First own index visible to own token q: the window moves in steps of WINDOW_STEP, so
     every token sees between ``window - WINDOW_STEP + 1`` and ``window`` of its stream's tokens
@@ -122,6 +130,16 @@ class Cache:
         self.drop = 0  # own positions dropped from the front of the arrays
         self.window = None  # None: every position visible (format version 1)
         self.lo = 0  # array index of the first own key visible to the current call
+        self.laid = None  # (kp, vp, ks): the own keys and values laid out for decode_step, or None
+
+    def lay_out(self) -> None:
+        """Keep a copy of the own keys and values laid out for the lane-wise attention
+        (``kernel.decode_step`` keeps it up; the layer loop drops it): the decoder then does not
+        lay out the whole window again at every step.  Only on a cache with no own positions yet,
+        a capacity that is a multiple of 16 and heads of 64."""
+        if self.len == self.base and self.k.shape[3] % 16 == 0 and self.k.shape[4] == 64:
+            self.laid = (_aligned(self.k.shape, np.int8), _aligned(self.k.shape, np.int8),
+                         _aligned(self.sk.shape, np.int32))
 
     def sv_max(self, li: int) -> np.ndarray:
         """Largest value scale of each head of stream 0 in layer ``li`` (for a shared prefix)."""
@@ -141,12 +159,22 @@ class Cache:
 
         self.k, self.v, self.sk, self.sv = pad(self.k, 0), pad(self.v, 0), pad(self.sk, 1), pad(self.sv, 1)
         self.svc = pad(self.svc, 1)
+        if self.laid is not None and cap % 16 == 0:
+            laid = []
+            for a in self.laid:
+                b = _aligned(a.shape[:3] + (cap,) + a.shape[4:], a.dtype)
+                b[:, :, :, :have] = a  # the rest: zeros already
+                laid.append(b)
+            self.laid = tuple(laid)
+        else:
+            self.laid = None
 
     def take(self, n: int) -> "Cache":
         """The first ``n`` streams (views, no copy)."""
         c = object.__new__(Cache)
         c.k, c.v, c.sk, c.sv, c.svc = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.svc[:, :n]
         c.shared, c.base, c.len, c.drop, c.window, c.lo = self.shared, self.base, self.len, self.drop, self.window, self.lo
+        c.laid = None if self.laid is None else tuple(a[:, :n] for a in self.laid)
         return c
 
     def slide(self, q0: int, t: int) -> None:
@@ -163,6 +191,10 @@ class Cache:
             for a in (self.k, self.v, self.sk, self.sv, self.svc):
                 for layer in a:  # a layer at a time, so numpy's copy of the overlap is small and reused
                     layer[:, :, : have - d] = layer[:, :, d:have]  # (whole: 250 MB of fresh pages, 7 streams)
+            top = min(-(-have // 16) * 16, self.k.shape[3])  # laid out: whole blocks of 16 (d is a multiple of 256)
+            for a in self.laid or ():
+                for layer in a:
+                    layer[:, :, : top - d] = layer[:, :, d:top]
             self.drop = start
             have -= d
         lo = start - self.drop
@@ -181,7 +213,7 @@ class Cache:
         c.sk, c.sv, c.svc = np.ones(shape(self.sk)), np.ones(shape(self.sv)), np.ones(shape(self.svc))
         for a, b in ((c.k, self.k), (c.v, self.v), (c.sk, self.sk), (c.sv, self.sv), (c.svc, self.svc)):
             a[:, :, :, :t] = b[:, :1, :, :t]
-        c.shared, c.base, c.len, c.drop, c.window, c.lo = None, 0, t, 0, None, 0
+        c.shared, c.base, c.len, c.drop, c.window, c.lo, c.laid = None, 0, t, 0, None, 0, None
         return c
 
     def branch(self, cfg, n: int, cap: int, window: int | None = None) -> "Cache":
@@ -293,6 +325,8 @@ class PortableEngine:
         if one_call:
             x = np.ascontiguousarray(x.reshape(n, -1))
             self._step(x, cache, o0, p0)
+        else:
+            cache.laid = None  # the layer loop does not keep it up
         for li, layer in enumerate(() if one_call else w.layers):
             h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])
@@ -332,7 +366,7 @@ class PortableEngine:
         shared = None if sh is None else tuple(a[:, :1, :, :P] for a in (sh.k, sh.v, sh.sk, sh.sv, sh.svc))
         kernel.decode_step(x, dims, table, cfg.eps, self.rope.cos[p0], self.rope.sin[p0],
                            (cache.k, cache.v, cache.sk, cache.sv, cache.svc), o0, cache.lo, shared, self.inv_sqrt_d,
-                           tables.ATT_STEPS, EXP32, SIG, tables.SIG_RANGE, tables.SIG_STEPS)
+                           tables.ATT_STEPS, EXP32, SIG, tables.SIG_RANGE, tables.SIG_STEPS, cache.laid)
 
     def _swiglu(self, gu: np.ndarray) -> np.ndarray:
         if self.native:  # the same arithmetic in C (kernel.swiglu)
@@ -454,6 +488,8 @@ class PortableStepper:
     def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None) -> None:
         self.engine = engine
         self.cache = prefix.cache.branch(engine.cfg, n, 64, window)
+        if window is not None and engine._steps is not None and kernel.packs():
+            self.cache.lay_out()  # a window's worth of keys is laid out once, not at every step
         self._logits = np.repeat(prefix.logits[None], n, axis=0)
 
     def logits(self) -> np.ndarray:

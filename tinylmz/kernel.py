@@ -104,8 +104,8 @@ def load():
                             p, i64, p, p, i64]
     lib.decode_step.restype = lib.step_phases.restype = i64
     lib.step_phases.argtypes = [p]
-    lib.decode_step.argtypes = [p, p, p, f64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64,
-                                i64, f64, f64, p, i64, p, f64, f64, i64]
+    lib.decode_step.argtypes = [p, p, p, f64, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p,
+                                i64, i64, i64, f64, f64, p, i64, p, f64, f64, i64]
     lib.rmsnorm.restype = lib.rope.restype = None
     lib.rmsnorm.argtypes = [p, i64, i64, p, f64, p]
     lib.rope.argtypes = [p, i64, i64, i64, i64, i64, i64, p, p, p]
@@ -470,7 +470,7 @@ def softmax_p(acc: np.ndarray, sq: np.ndarray, sk: np.ndarray, sv: np.ndarray, s
 
 def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, cos: np.ndarray, sin: np.ndarray,
                 own: tuple, o0: int, lo: int, shared: tuple | None, inv: float, steps: float, exp: np.ndarray,
-                sig: np.ndarray, sig_range: float, sig_steps: float, lib=None) -> None:
+                sig: np.ndarray, sig_range: float, sig_steps: float, laid: tuple | None = None, lib=None) -> None:
     """One decoding step of every layer (native/step.c) for n streams at one position, x (n, E)
     float64 updated in place: what the engine's layer loop does for one position, in one call.
 
@@ -478,6 +478,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     weight addresses (``step_table``); ``own`` = the cache's (k, v, sk, sv, svc) arrays (layers, streams,
     KV, cap[, D]) for these n streams, the new position at index o0, the visible ones from lo;
     ``shared`` likewise for a shared prefix (stream 0 of it, its P positions: views [..., :P]) or None.
+    ``laid``: (kp, vp, ks), the own keys and values laid out for the lane-wise attention
+    (``lanes_layout``), kept up by the step, or None.
     """
     lib = lib or load().lib
     k, v, sk, sv, svc = own
@@ -499,10 +501,17 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
             assert a.strides == sk0.strides and a.strides[2:] == (cap0 * 8, 8)
         for a in (k0, v0):
             assert a.strides[0] == ls0 * D and a.strides[2:] == (cap0 * D, D, 1)
+    kp = vp = ks = None
+    if laid is not None:
+        kp, vp, ks = laid
+        assert D == 64 and cap % 16 == 0 and lo % 16 == 0 and packs()
+        assert kp.strides == vp.strides == k.strides and ks.dtype == np.int32 and ks.strides == tuple(
+            st // 2 for st in sk.strides)
+        assert all(a.ctypes.data % 64 == 0 for a in laid)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     if not lib.decode_step(x.ctypes.data, dims.ctypes.data, table.ctypes.data, float(eps), cos.ctypes.data,
                            sin.ctypes.data, k.ctypes.data, v.ctypes.data, sk.ctypes.data, sv.ctypes.data,
-                           svc.ctypes.data, ls, ns, cap, o0, lo, ptr(k0), ptr(v0), ptr(sk0), ptr(sv0), ptr(svc0), ls0,
+                           svc.ctypes.data, ptr(kp), ptr(vp), ptr(ks), ls, ns, cap, o0, lo, ptr(k0), ptr(v0), ptr(sk0), ptr(sv0), ptr(svc0), ls0,
                            cap0, P, float(inv), float(steps), exp.ctypes.data, len(exp), sig.ctypes.data,
                            float(sig_range), float(sig_steps), threads()):
         raise MemoryError("out of memory in the decoding step")

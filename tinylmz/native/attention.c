@@ -869,11 +869,17 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
     values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
 }
 
-/* Attention of the decoding step (D = 64), fused per (stream, kv head): each task lays out its batch's
- * keys and values in the thread's own buffer, then scores, weights and values its R rows
- * (R <= ATT_ROWS) while they are in cache.  Keys are the shared prefix (k0, P positions, head
- * stride kv0; scales sk0/sv0, head stride s0) and the stream's own keys (k1 + b kvn + h kvh,
- * scales sk1/sv1 + b sn + h sh), T in all.  q, sq, svmax, o, esum: batch-major (b, h, r). */
+/* Attention of the decoding step (D = 64), fused per (stream, kv head): each task scores,
+ * weights and values its batch's R rows (R <= ATT_ROWS) while they are in cache.  Keys are the
+ * shared prefix (k0, P positions, head stride kv0; scales sk0/sv0, head stride s0) and the
+ * stream's own keys (k1 + b kvn + h kvh, scales sk1/sv1 + b sn + h sh), T in all.  q, sq,
+ * svmax, o, esum: batch-major (b, h, r).
+ *
+ * The own keys and values come laid out already when kp is given (the decoder's copy of its
+ * cache, kept up by decode_step: same offsets as k1 and v1; keys in pack_keys' blocks of 16,
+ * values in pack_values' quads, ks the blocks' corr, 128 times each key's byte sum, int32;
+ * 64-byte aligned, own key 0 at a block's start).  Otherwise, and for the prefix, a task lays
+ * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time. */
 typedef struct {
     const int8_t *q;
     const double *sq;
@@ -886,6 +892,8 @@ typedef struct {
     int64_t kvn, kvh;
     const double *sk1, *sv1;
     int64_t sn, sh, T;
+    const int8_t *kp, *vp;
+    const int32_t *ks;
     const double *svmax;
     const int64_t *pos;
     double inv, steps;
@@ -899,49 +907,74 @@ typedef struct {
 static void attend_batch_task(void *p, int64_t t, int64_t me)
 {
     const batches_job *j = p;
-    int64_t T = j->T, R = j->R, b = t / j->KV, h = t % j->KV, i = t * R;
+    int64_t T = j->T, R = j->R, P = j->P, own = T - P, b = t / j->KV, h = t % j->KV, i = t * R;
     __m512i *kt = j->buf + me * j->per_thread, *corr = kt + j->blocks * 16, *vt = corr + j->blocks;
     uint32_t *qu = (uint32_t *)(vt + j->blocks * 16);
     int32_t *s = (int32_t *)(qu + ATT_ROWS * 16);
     double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
     uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
-    keys_t kk = {j->k0 + h * j->kv0, j->k1 + b * j->kvn + h * j->kvh, j->P};
-    keys_t vv = {j->v0 + h * j->kv0, j->v1 + b * j->kvn + h * j->kvh, j->P};
-    pack_keys(kk, T, kt, corr);
+    int64_t *o = j->o + i * 64, *o0 = (int64_t *)(phi + ATT_ROWS * PV_QUADS); /* o0: the prefix's part */
+    const int8_t *k1 = j->k1 + b * j->kvn + h * j->kvh, *v1 = j->v1 + b * j->kvn + h * j->kvh;
+    keys_t kk = {j->k0 + h * j->kv0, k1, P}, vv = {j->v0 + h * j->kv0, v1, P};
     unsigned_rows(j->q + i * 64, R, qu);
-    scores_rows(qu, R, kt, corr, T, s, T);
-    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + b * j->sn + h * j->sh,
+    if (j->kp) { /* own keys laid out already: only the prefix's are */
+        keys_t k0 = {kk.a, kk.a, P};
+        if (P) {
+            pack_keys(k0, P, kt, corr);
+            scores_rows(qu, R, kt, corr, P, s, T);
+        }
+        scores_rows(qu, R, (const __m512i *)(j->kp + b * j->kvn + h * j->kvh),
+                    (const __m512i *)(j->ks + b * j->sn + h * j->sh), own, s + P, T);
+    } else {
+        pack_keys(kk, T, kt, corr);
+        scores_rows(qu, R, kt, corr, T, s, T);
+    }
+    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, P, j->sk1 + b * j->sn + h * j->sh,
                  j->sv1 + b * j->sn + h * j->sh, j->svmax + i, j->pos, R, T, j->inv, j->steps, j->table, j->L, s,
                  j->esum + i, sbuf, ratio);
-    pack_values(vv, T, vt);
-    values_rows(s, T, R, T, vt, vv, j->o + i * 64, plo, phi);
+    if (j->kp) { /* exact integer sums: own and prefix parts add up to the whole */
+        keys_t v0 = {vv.a, vv.a, P}, vo = {v1, v1, own};
+        values_rows(s + P, T, R, own, (const __m512i *)(j->vp + b * j->kvn + h * j->kvh), vo, o, plo, phi);
+        if (P) {
+            pack_values(v0, P, vt);
+            values_rows(s, T, R, P, vt, v0, o0, plo, phi);
+            for (int64_t x = 0; x < R * 64; x++)
+                o[x] += o0[x];
+        }
+    } else {
+        pack_values(vv, T, vt);
+        values_rows(s, T, R, T, vt, vv, o, plo, phi);
+    }
 }
 #endif
 
 int64_t attend_batches(const int8_t *q, const double *sq, int64_t n, int64_t KV, int64_t R, int64_t D, const int8_t *k0,
                        const int8_t *v0, int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P,
                        const int8_t *k1, const int8_t *v1, int64_t kvn, int64_t kvh, const double *sk1,
-                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const double *svmax, const int64_t *pos,
-                       double inv, double steps, const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt)
+                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const int8_t *kp, const int8_t *vp,
+                       const int32_t *ks, const double *svmax, const int64_t *pos, double inv, double steps,
+                       const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt)
 {
 #if LANES
     if (R > ATT_ROWS || D != 64)
         return 0;
     int64_t blocks = (T + 15) / 16; /* (T + 3) / 4 quads of 4 vectors fit in blocks * 16 vectors */
-    int64_t per_thread = blocks * 33 + ATT_ROWS + (ATT_ROWS * T * 4 + 2 * T * 8 + 2 * ATT_ROWS * PV_QUADS * 4 + 63) / 64;
+    int64_t per_thread = blocks * 33 + ATT_ROWS +
+                         (ATT_ROWS * T * 4 + 2 * T * 8 + 2 * ATT_ROWS * PV_QUADS * 4 + ATT_ROWS * 64 * 8 + 63) / 64;
     if (nt < 1)
         nt = 1;
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(nt * per_thread));
     if (!buf)
         return 0;
-    batches_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kvn, kvh, sk1, sv1, sn, sh, T, svmax,
-                     pos, inv, steps, table, L, o, esum, buf, blocks, per_thread};
+    batches_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kvn, kvh, sk1, sv1, sn, sh, T, kp, vp, ks,
+                     svmax, pos, inv, steps, table, L, o, esum, buf, blocks, per_thread};
     pool_for(n * KV, nt, attend_batch_task, &j);
     free(buf);
     return 1;
 #else
     (void)q, (void)sq, (void)n, (void)KV, (void)R, (void)D, (void)k0, (void)v0, (void)kv0, (void)sk0, (void)sv0, (void)s0;
     (void)P, (void)k1, (void)v1, (void)kvn, (void)kvh, (void)sk1, (void)sv1, (void)sn, (void)sh, (void)T;
+    (void)kp, (void)vp, (void)ks;
     (void)svmax, (void)pos, (void)inv, (void)steps, (void)table, (void)L, (void)o, (void)esum, (void)nt;
     return 0;
 #endif

@@ -65,8 +65,9 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
 int64_t attend_batches(const int8_t *q, const double *sq, int64_t n, int64_t KV, int64_t R, int64_t D, const int8_t *k0,
                        const int8_t *v0, int64_t kv0, const double *sk0, const double *sv0, int64_t s0, int64_t P,
                        const int8_t *k1, const int8_t *v1, int64_t kvn, int64_t kvh, const double *sk1,
-                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const double *svmax, const int64_t *pos,
-                       double inv, double steps, const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt);
+                       const double *sv1, int64_t sn, int64_t sh, int64_t T, const int8_t *kp, const int8_t *vp,
+                       const int32_t *ks, const double *svmax, const int64_t *pos, double inv, double steps,
+                       const int32_t *table, int64_t L, int64_t *o, int64_t *esum, int64_t nt);
 
 /* Per layer, 14 addresses (kernel.py builds the table): attn_norm, Wqkv (packed and row sums,
  * or int8 rows and 0; scales), Wo (3), ffn_norm, Wgateup (3), Wdown (3). */
@@ -103,12 +104,15 @@ static int add_product(double *x, const double *a, int64_t n, int64_t K, const i
 /* dims: n, E, H, KV, D, F, half (rope pairs), L (layers), packed (1: packed weights, 0: int8 rows).
  * Cache (own positions, int8 k/v and double sk/sv/svc, each (L, streams, KV, cap[, D])): base
  * addresses, ls / ns = strides of a layer / a stream in elements of the scale arrays (k and v:
- * times D), cap; o0 = array index of the new position, lo = first visible own index.
+ * times D), cap; o0 = array index of the new position, lo = first visible own index.  Optional
+ * (NULL: none): kp, vp and ks, the same keys and values laid out for attend_batches, kept up
+ * here (lo a multiple of 16, cap too, 64-byte aligned; D = 64).
  * Shared prefix (P positions, stream 0 of a cache with capacity cap0; P = 0: none).
  * Returns 0 when memory runs out (x then undefined). */
 int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double eps, const double *cos,
-                    const double *sin, int8_t *ck, int8_t *cv, double *csk, double *csv, double *csvc, int64_t ls,
-                    int64_t ns, int64_t cap, int64_t o0, int64_t lo, const int8_t *k0, const int8_t *v0,
+                    const double *sin, int8_t *ck, int8_t *cv, double *csk, double *csv, double *csvc, int8_t *ckp,
+                    int8_t *cvp, int32_t *cks, int64_t ls, int64_t ns, int64_t cap, int64_t o0, int64_t lo,
+                    const int8_t *k0, const int8_t *v0,
                     const double *sk0, const double *sv0, const double *svc0, int64_t ls0, int64_t cap0, int64_t P,
                     double inv, double steps, const int32_t *table, int64_t tlen, const double *sig, double sig_range,
                     double sig_steps, int64_t nt)
@@ -157,6 +161,8 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
     for (int64_t l = 0; l < L && ok; l++) {
         const int64_t *w = wt + l * W_FIELDS;
         int8_t *K8 = ck + l * ls * D, *V8 = cv + l * ls * D;
+        int8_t *KP = ckp ? ckp + l * ls * D : NULL, *VP = cvp ? cvp + l * ls * D : NULL;
+        int32_t *KS = cks ? cks + l * ls : NULL;
         double *SK = csk + l * ls, *SV = csv + l * ls, *SVC = csvc + l * ls;
         /* h = rmsnorm(x); qkv = h @ Wqkv */
         rmsnorm(x, n, E, (const double *)w[W_ANORM], eps, h);
@@ -177,6 +183,16 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
                 for (int64_t d = 0; d < D; d++) {
                     K8[c * D + d] = (int8_t)k16[i * D + d];
                     V8[c * D + d] = (int8_t)a16[i * D + d];
+                }
+                if (KP) { /* and laid out for the lane-wise attention: see attend_batches */
+                    int8_t *kb = KP + (c - o0 % 16) * D, *vb = VP + (c - o0 % 4) * D;
+                    int32_t sum = 0;
+                    for (int64_t d = 0; d < D; d++) {
+                        kb[d / 4 * 64 + o0 % 16 * 4 + d % 4] = K8[c * D + d];
+                        vb[d % 16 / 4 * 64 + d / 16 * 16 + d % 4 * 4 + o0 % 4] = V8[c * D + d];
+                        sum += K8[c * D + d];
+                    }
+                    KS[c] = 128 * sum;
                 }
                 SK[c] = s1[i];
                 SV[c] = s2[i];
@@ -201,8 +217,9 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
          * streams' rows reads less */
         if (!once && attend_batches(q8, s1, n, KV, R, D, P ? k0 + l * ls0 * D : K8, P ? v0 + l * ls0 * D : V8, cap0 * D,
                                     P ? sk0 + l * ls0 : SK, P ? sv0 + l * ls0 : SV, cap0, P, K8 + lo * D,
-                                    V8 + lo * D, ns * D, cap * D, SK + lo, SV + lo, ns, cap, T, svmax, pos, inv,
-                                    steps, table, tlen, pv, esum, ant)) {
+                                    V8 + lo * D, ns * D, cap * D, SK + lo, SV + lo, ns, cap, T,
+                                    KP ? KP + lo * D : NULL, VP ? VP + lo * D : NULL, KS ? KS + lo : NULL, svmax,
+                                    pos, inv, steps, table, tlen, pv, esum, ant)) {
             lap(PH_ATT, &t0);
         } else {
             qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
