@@ -342,13 +342,16 @@ def test_digest_script_is_stable(tiny_model):
 
 
 @pytest.mark.parametrize("packed", [True, False])
-@pytest.mark.parametrize("prefix_len,window", [(1, engine_portable.WINDOW_STEP), (engine_portable.SHARE_MIN + 5, None),
-                                               (3, None)])
-def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, prefix_len, window, packed):
+@pytest.mark.parametrize("prefix_len,window,n", [(1, engine_portable.WINDOW_STEP, 3),
+                                                 (engine_portable.SHARE_MIN + 5, None, 3), (3, None, 3),
+                                                 (engine_portable.SHARE_MIN + 5, engine_portable.WINDOW_STEP, 1)])
+def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, prefix_len, window, n, packed):
     """A decoding step's layers in one native call (kernel.decode_step): the same logits as the
     layer-by-layer loop, with a start-token prefix and a sliding window, a shared long prefix,
     and a short prefix copied into each stream; streams ending on the way; with the weights
-    packed (AVX-512 VNNI) and as int8 rows (the kernel's other paths, ARM's among them)."""
+    packed (AVX-512 VNNI: then, with a window, the step keeps the keys and values laid out for
+    its attention, across the window's slides) and as int8 rows (the kernel's other paths, ARM's
+    among them)."""
     from tinylmz import kernel
 
     if kernel.load() is None:
@@ -366,15 +369,16 @@ def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, 
     pre = eng.prefill(prefix)
     eng._steps = table
     assert np.array_equal(fused_pre.logits, pre.logits)
-    fused, loop = eng.stepper(pre, 3, window=window), eng.stepper(pre, 3, window=window)
+    fused, loop = eng.stepper(pre, n, window=window), eng.stepper(pre, n, window=window)
+    assert (fused.cache.laid is not None) == (packed and window is not None)
     steps = engine_portable.WINDOW_STEP + 40  # past the first slide of the window
-    ids = _ids(3 * steps, seed=4).reshape(steps, 3)
+    ids = _ids(n * steps, seed=4).reshape(steps, n)
     calls = []
     real = kernel.decode_step
     try:
         kernel.decode_step = lambda *a, **k: calls.append(1) or real(*a, **k)
         for i, row in enumerate(ids):
-            row = row[: 3 if i < steps - 30 else 2].tolist()
+            row = row[: n if i < steps - 30 else max(1, n - 1)].tolist()
             eng._steps = table
             fused.feed(row)
             eng._steps = None
@@ -384,6 +388,7 @@ def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, 
         kernel.decode_step = real
         eng._steps = table
     assert len(calls) == steps
+    assert (fused.cache.laid is not None) == (packed and window is not None)  # kept up to the end
 
 
 def test_step_phases_account_for_the_native_steps(wide_model):

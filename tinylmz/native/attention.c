@@ -103,6 +103,7 @@ typedef struct {
 static inline const int8_t *key_at(keys_t k, int64_t j) { return j < k.P ? k.a + 64 * j : k.b + 64 * (j - k.P); }
 
 #define PF_KEYS 64 /* keys (64-byte rows) read ahead of their use */
+#define PF_LAID 128 /* vectors of laid-out keys or values read ahead of their use */
 
 /* kt: 16 vectors per block of 16 keys, corr: one per block ((T + 15) / 16 blocks).  A block is
  * the 16 x 16 dword matrix of its keys (key l = row l) transposed in registers. */
@@ -182,6 +183,8 @@ static void scores_rows(const uint32_t *qu, int64_t R, const __m512i *kt, const 
                         int32_t *s, int64_t ld)
 {
     for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        for (int c = 0; c < 16 && j0 + PF_LAID < T; c++)
+            _mm_prefetch((const char *)(kt + j0 + PF_LAID + c), _MM_HINT_T0);
         __mmask16 m = (__mmask16)(T - j0 >= 16 ? 0xFFFF : (1u << (T - j0)) - 1);
         for (int64_t r0 = 0; r0 < R; r0 += 8)
             score_blocks[R - r0 < 8 ? R - r0 : 8](qu + r0 * 16, kt + j0, corr[j0 / 16], s + r0 * ld + j0, ld, m);
@@ -259,6 +262,9 @@ static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, cons
             const uint32_t *lo0 = plo + r0 * PV_QUADS, *hi0 = phi + r0 * PV_QUADS;
             for (int64_t qd = 0; qd < nq; qd++) {
                 const __m512i *vq = vb + 4 * qd;
+                if (r0 == 0 && j0 + PF_LAID + 4 * qd < T)
+                    for (int c = 0; c < 4; c++)
+                        _mm_prefetch((const char *)(vq + PF_LAID + c), _MM_HINT_T0);
                 __m512i v0 = _mm512_load_si512((const void *)vq), v1 = _mm512_load_si512((const void *)(vq + 1));
                 __m512i v2 = _mm512_load_si512((const void *)(vq + 2)), v3 = _mm512_load_si512((const void *)(vq + 3));
                 __m512i b = _mm512_set1_epi32((int)lo0[qd]);
