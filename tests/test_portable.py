@@ -156,12 +156,16 @@ def test_packed_product_is_exact():
         lin = QLinear(w, np.ones(37, np.float32), native=True)
         assert lin.packed is None and lin.native is lin.q
         return
-    pw = kernel.Packed(w)
-    want = x.astype(np.int64) @ w.T.astype(np.int64)
-    for n in range(1, 10):  # every tiling of the rows: 4s, then 3, 2 (also 3 + 3) or 1
-        for t in (1, 2, 3):
-            assert np.array_equal(kernel._run_packed(pw.lib, np.ascontiguousarray(x[:n]), pw, t), want[:n])
-    assert np.array_equal(QLinear(w, np.ones(37, np.float32), native=True).rows(), w)
+    # 37 rows: 2 tiles of 32; 1000 rows: 32 tiles, cut between threads in two rounds of tasks
+    for w, x in ((w, x), (rng.integers(-127, 128, (1000, 700)).astype(np.int8), x[:, :700].copy())):
+        pw = kernel.Packed(w)
+        want = x.astype(np.int64) @ w.T.astype(np.int64)
+        for n in range(1, 10):  # every tiling of the rows: 4s, then 3, 2 (also 3 + 3) or 1
+            for t in (1, 2, 3, 5):  # x and -x in turn: a tile left out cannot show the last call's numbers
+                for sign in (-1, 1):
+                    got = kernel._run_packed(pw.lib, np.ascontiguousarray(sign * x[:n]), pw, t)
+                    assert np.array_equal(got, sign * want[:n]), (n, t)
+    assert np.array_equal(QLinear(w, np.ones(len(w), np.float32), native=True).rows(), w)
 
 
 @pytest.mark.parametrize("R,T", [(1, 1), (1, 40), (3, 2049), (5, 30), (7, 33), (8, 1), (13, 17), (40, 130), (150, 300)])

@@ -106,6 +106,25 @@ def test_set_threads_and_environment(monkeypatch):
         threads.threads()
 
 
+def test_available_cpus_follow_the_affinity_mask():
+    """The CPUs a process may use are read again after a second at most (they are cached: a
+    decoder asks twice per step), so a narrowed affinity mask is seen."""
+    code = (
+        "import os, time\n"
+        "from tinylmz import threads\n"
+        "cpus = sorted(os.sched_getaffinity(0))\n"
+        "print(threads.available_cpus(), len(cpus))\n"
+        "os.sched_setaffinity(0, cpus[:1])\n"
+        "time.sleep(1.1)\n"
+        "print(threads.available_cpus())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    first, after = r.stdout.split("\n")[:2]
+    seen, mask = map(int, first.split())
+    assert seen <= mask and int(after) == 1
+
+
 def test_governor_keeps_the_cheapest_count_and_keeps_trying_neighbours():
     g = threads.Governor()
     cost = {1: 1.0, 2: 0.6, 3: 0.5, 4: 2.0}  # seconds per unit: 4 threads on 4 cores, one of them taken

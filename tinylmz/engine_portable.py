@@ -500,8 +500,8 @@ class PortableStepper:
         if n < self._logits.shape[0]:
             self.cache = self.cache.take(n)
         c = self.cache
-        if c.len >= c.base + c.drop + c.k.shape[3]:  # grow by doubling, up to what a window holds
-            room = 2 * c.k.shape[3] if c.window is None else max(c.k.shape[3] + 1, min(2 * c.k.shape[3],
+        if c.len >= c.base + c.drop + c.k.shape[3]:  # grow by doubling; with a window by 4, up to what it holds
+            room = 2 * c.k.shape[3] if c.window is None else max(c.k.shape[3] + 1, min(4 * c.k.shape[3],
                                                                                      c.window + 2 * WINDOW_STEP))
             c.grow(c.base + c.drop + room)
         self._logits = self.engine.forward(np.asarray(ids, dtype=np.int64)[:, None], self.cache)[:, 0]

@@ -266,9 +266,9 @@ typedef struct {
     double *y;
 } lanes_job;
 
-/* First tile of task t (t = tasks: the end).  Two rounds of tasks (2 per thread): the first
- * covers 3/4 of the tiles, the second the last quarter, so that the thread that ends its first
- * task last waits for a short one. */
+/* First tile of task t (t = tasks: the end).  Tasks come in two rounds: the first half of them
+ * covers 3/4 of the tiles, the second half the last quarter, so that the thread that ends its
+ * first-round task last waits for a short one. */
 static int64_t lanes_edge(const lanes_job *j, int64_t t)
 {
     int64_t half = j->tasks / 2, first = j->tiles * 3 / 4;
@@ -313,16 +313,16 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    /* Two long tasks per thread, each a run of consecutive tiles, so that a thread's reads of
-     * the weights stay sequential: with pool_tasks' 8 per thread, 7-row products (a decoder
-     * step of 7 streams) took a quarter to a third longer, and threading one- or two-row
-     * products made a one-stream step slower.  A thread the OS deschedules holds up a quarter of
-     * the work at most.  Products of one or two rows are bound by reading the weights, and
-     * threads pay for them from 2^17 multiply-adds; more rows are arithmetic: from 2^20 on. */
+    /* Up to 8 rows (a decoder step of a few streams), two long tasks per thread, each a run of
+     * consecutive tiles (lanes_edge): with pool_tasks' 8 per thread, 7-row products took a
+     * quarter to a third longer, and threading one- or two-row products made a one-stream step
+     * slower.  More rows are arithmetic and gain from the finer split (20 rows: two rounds took
+     * 1.5 times as long).  Products of one or two rows are bound by reading the weights, and
+     * threads pay for them from 2^17 multiply-adds; more rows from 2^20 on. */
     int small = n <= 2;
     if (n * N * K < (small ? 1 << 17 : 1 << 20))
         nt = 1;
-    int64_t tasks = nt > 1 && tiles >= 2 * nt ? 2 * nt : pool_tasks(tiles, nt);
+    int64_t tasks = nt > 1 && tiles >= 2 * nt && n <= 8 ? 2 * nt : pool_tasks(tiles, nt);
     lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, tasks, N, out, sx, ws, y};
     pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);
