@@ -822,70 +822,7 @@ void softmax_p_mt(const int32_t *acc, const double *sq, const double *sk0, const
  * and pv give. */
 #define ATT_ROWS 16
 #if LANES
-typedef struct {
-    const int8_t *q;
-    const double *sq;
-    int64_t KV, R;
-    const int8_t *k0, *v0;
-    int64_t kv0;
-    const double *sk0, *sv0;
-    int64_t s0, P;
-    const int8_t *k1, *v1;
-    int64_t kv1;
-    const double *sk1, *sv1;
-    int64_t s1, T;
-    const double *svmax;
-    const int64_t *pos;
-    double inv, steps;
-    const int32_t *table;
-    int64_t L;
-    int64_t *o, *esum;
-    __m512i *buf;
-    int64_t blocks, quads, tiles, per_head, per_thread;
-} attend_job;
-
-static void attend_pack_task(void *p, int64_t h, int64_t me)
-{
-    const attend_job *j = p;
-    (void)me;
-    __m512i *hb = j->buf + h * j->per_head;
-    keys_t kk = {j->k0 + h * j->kv0, j->k1 + h * j->kv1, j->P}, vv = {j->v0 + h * j->kv0, j->v1 + h * j->kv1, j->P};
-    pack_keys(kk, j->T, hb, hb + j->blocks * 16);
-    pack_values(vv, j->T, hb + j->blocks * 17);
-}
-
-static void attend_tile_task(void *p, int64_t task, int64_t me)
-{
-    const attend_job *j = p;
-    int64_t T = j->T, R = j->R, blocks = j->blocks;
-    int64_t h = task / j->tiles, r0 = task % j->tiles * ATT_ROWS, rn = R - r0 < ATT_ROWS ? R - r0 : ATT_ROWS;
-    int64_t Tt = j->pos[r0 + rn - 1] + 1 < T ? j->pos[r0 + rn - 1] + 1 : T; /* keys any row of the tile sees */
-    __m512i *hb = j->buf + h * j->per_head, *tb = j->buf + j->KV * j->per_head + me * j->per_thread;
-    uint32_t *qu = (uint32_t *)tb;
-    int32_t *s = (int32_t *)(tb + ATT_ROWS);
-    double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
-    uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
-    int64_t i = h * R + r0;
-    keys_t vv = {j->v0 + h * j->kv0, j->v1 + h * j->kv1, j->P};
-    unsigned_rows(j->q + i * 64, rn, qu);
-    scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
-    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + h * j->s1, j->sv1 + h * j->s1,
-                 j->svmax + i, j->pos + r0, rn, Tt, j->inv, j->steps, j->table, j->L, s, j->esum + i, sbuf,
-                 ratio); /* weights over the scores */
-    values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
-}
-
-/* Attention of the decoding step (D = 64), fused per (stream, kv head): each task scores,
- * weights and values its batch's R rows (R <= ATT_ROWS) while they are in cache.  Keys are the
- * shared prefix (k0, P positions, head stride kv0; scales sk0/sv0, head stride s0) and the
- * stream's own keys (k1 + b kvn + h kvh, scales sk1/sv1 + b sn + h sh), T in all.  q, sq,
- * svmax, o, esum: batch-major (b, h, r).
- *
- * The own keys and values come laid out already when kp is given (the decoder's copy of its
- * cache, kept up by decode_step: same offsets as k1 and v1; keys in pack_keys' blocks of 16,
- * values in pack_values' quads, ks the blocks' corr, 128 times each key's byte sum, int32;
- * 64-byte aligned, own key 0 at a block's start).  Otherwise, and for the prefix, a task lays
- * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time. */
+/* The arguments of attend1 and attend_batches (attend1: one stream, kvn = sn = 0, no kp). */
 typedef struct {
     const int8_t *q;
     const double *sq;
@@ -907,12 +844,54 @@ typedef struct {
     int64_t L;
     int64_t *o, *esum;
     __m512i *buf;
-    int64_t blocks, per_thread;
-} batches_job;
+    int64_t blocks, quads, tiles, per_head, per_thread;
+} attend_job;
 
+static void attend_pack_task(void *p, int64_t h, int64_t me)
+{
+    const attend_job *j = p;
+    (void)me;
+    __m512i *hb = j->buf + h * j->per_head;
+    keys_t kk = {j->k0 + h * j->kv0, j->k1 + h * j->kvh, j->P}, vv = {j->v0 + h * j->kv0, j->v1 + h * j->kvh, j->P};
+    pack_keys(kk, j->T, hb, hb + j->blocks * 16);
+    pack_values(vv, j->T, hb + j->blocks * 17);
+}
+
+static void attend_tile_task(void *p, int64_t task, int64_t me)
+{
+    const attend_job *j = p;
+    int64_t T = j->T, R = j->R, blocks = j->blocks;
+    int64_t h = task / j->tiles, r0 = task % j->tiles * ATT_ROWS, rn = R - r0 < ATT_ROWS ? R - r0 : ATT_ROWS;
+    int64_t Tt = j->pos[r0 + rn - 1] + 1 < T ? j->pos[r0 + rn - 1] + 1 : T; /* keys any row of the tile sees */
+    __m512i *hb = j->buf + h * j->per_head, *tb = j->buf + j->KV * j->per_head + me * j->per_thread;
+    uint32_t *qu = (uint32_t *)tb;
+    int32_t *s = (int32_t *)(tb + ATT_ROWS);
+    double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
+    uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
+    int64_t i = h * R + r0;
+    keys_t vv = {j->v0 + h * j->kv0, j->v1 + h * j->kvh, j->P};
+    unsigned_rows(j->q + i * 64, rn, qu);
+    scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
+    softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + h * j->sh, j->sv1 + h * j->sh,
+                 j->svmax + i, j->pos + r0, rn, Tt, j->inv, j->steps, j->table, j->L, s, j->esum + i, sbuf,
+                 ratio); /* weights over the scores */
+    values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
+}
+
+/* Attention of the decoding step (D = 64), fused per (stream, kv head): each task scores,
+ * weights and values its batch's R rows (R <= ATT_ROWS) while they are in cache.  Keys are the
+ * shared prefix (k0, P positions, head stride kv0; scales sk0/sv0, head stride s0) and the
+ * stream's own keys (k1 + b kvn + h kvh, scales sk1/sv1 + b sn + h sh), T in all.  q, sq,
+ * svmax, o, esum: batch-major (b, h, r).
+ *
+ * The own keys and values come laid out already when kp is given (the decoder's copy of its
+ * cache, kept up by decode_step: same offsets as k1 and v1; keys in pack_keys' blocks of 16,
+ * values in pack_values' quads, ks the blocks' corr, 128 times each key's byte sum, int32;
+ * 64-byte aligned, own key 0 at a block's start).  Otherwise, and for the prefix, a task lays
+ * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time. */
 static void attend_batch_task(void *p, int64_t t, int64_t me)
 {
-    const batches_job *j = p;
+    const attend_job *j = p;
     int64_t T = j->T, R = j->R, P = j->P, own = T - P, b = t / j->KV, h = t % j->KV, i = t * R;
     __m512i *kt = j->buf + me * j->per_thread, *corr = kt + j->blocks * 16, *vt = corr + j->blocks;
     uint32_t *qu = (uint32_t *)(vt + j->blocks * 16);
@@ -972,8 +951,8 @@ int64_t attend_batches(const int8_t *q, const double *sq, int64_t n, int64_t KV,
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(nt * per_thread));
     if (!buf)
         return 0;
-    batches_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kvn, kvh, sk1, sv1, sn, sh, T, kp, vp, ks,
-                     svmax, pos, inv, steps, table, L, o, esum, buf, blocks, per_thread};
+    attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kvn, kvh, sk1, sv1, sn, sh, T, kp, vp, ks,
+                    svmax, pos, inv, steps, table, L, o, esum, buf, blocks, 0, 0, 0, per_thread};
     pool_for(n * KV, nt, attend_batch_task, &j);
     free(buf);
     return 1;
@@ -1002,8 +981,8 @@ int64_t attend1(const int8_t *q, const double *sq, int64_t KV, int64_t R, const 
     __m512i *buf = aligned_alloc(64, 64 * (size_t)(KV * per_head + nt * per_thread));
     if (!buf)
         return 0;
-    attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, kv1, sk1, sv1, s1, T, svmax, pos, inv,
-                    steps, table, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
+    attend_job j = {q, sq, KV, R, k0, v0, kv0, sk0, sv0, s0, P, k1, v1, 0, kv1, sk1, sv1, 0, s1, T, NULL, NULL, NULL,
+                    svmax, pos, inv, steps, table, L, o, esum, buf, blocks, quads, tiles, per_head, per_thread};
     pool_for(KV, nt, attend_pack_task, &j);
     pool_for(KV * tiles, nt, attend_tile_task, &j);
     free(buf);
