@@ -191,7 +191,7 @@ class Cache:
             for a in (self.k, self.v, self.sk, self.sv, self.svc):
                 for layer in a:  # a layer at a time, so numpy's copy of the overlap is small and reused
                     layer[:, :, : have - d] = layer[:, :, d:have]  # (whole: 250 MB of fresh pages, 7 streams)
-            top = min(-(-have // 16) * 16, self.k.shape[3])  # laid out: whole blocks of 16 (d is a multiple of 256)
+            top = min(-(-have // 16) * 16, self.k.shape[3])  # laid out: in whole blocks of 16 (d: of 256)
             for a in self.laid or ():
                 for layer in a:
                     layer[:, :, : top - d] = layer[:, :, d:top]

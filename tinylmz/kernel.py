@@ -478,8 +478,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     weight addresses (``step_table``); ``own`` = the cache's (k, v, sk, sv, svc) arrays (layers, streams,
     KV, cap[, D]) for these n streams, the new position at index o0, the visible ones from lo;
     ``shared`` likewise for a shared prefix (stream 0 of it, its P positions: views [..., :P]) or None.
-    ``laid``: (kp, vp, ks), the own keys and values laid out for the lane-wise attention
-    (``lanes_layout``), kept up by the step, or None.
+    ``laid``: (kp, vp, ks), the own keys and values laid out as ``attend_batches`` reads them
+    (native/attention.c: shaped like k, v and sk; ks int32), kept up by the step, or None.
     """
     lib = lib or load().lib
     k, v, sk, sv, svc = own
@@ -511,9 +511,9 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     if not lib.decode_step(x.ctypes.data, dims.ctypes.data, table.ctypes.data, float(eps), cos.ctypes.data,
                            sin.ctypes.data, k.ctypes.data, v.ctypes.data, sk.ctypes.data, sv.ctypes.data,
-                           svc.ctypes.data, ptr(kp), ptr(vp), ptr(ks), ls, ns, cap, o0, lo, ptr(k0), ptr(v0), ptr(sk0), ptr(sv0), ptr(svc0), ls0,
-                           cap0, P, float(inv), float(steps), exp.ctypes.data, len(exp), sig.ctypes.data,
-                           float(sig_range), float(sig_steps), threads()):
+                           svc.ctypes.data, ptr(kp), ptr(vp), ptr(ks), ls, ns, cap, o0, lo, ptr(k0), ptr(v0),
+                           ptr(sk0), ptr(sv0), ptr(svc0), ls0, cap0, P, float(inv), float(steps), exp.ctypes.data,
+                           len(exp), sig.ctypes.data, float(sig_range), float(sig_steps), threads()):
         raise MemoryError("out of memory in the decoding step")
 
 
