@@ -348,7 +348,8 @@ def test_digest_script_is_stable(tiny_model):
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("prefix_len,window,n", [(1, engine_portable.WINDOW_STEP, 3),
                                                  (engine_portable.SHARE_MIN + 5, None, 3), (3, None, 3),
-                                                 (engine_portable.SHARE_MIN + 5, engine_portable.WINDOW_STEP, 1)])
+                                                 (engine_portable.SHARE_MIN + 5, engine_portable.WINDOW_STEP, 1),
+                                                 (engine_portable.SHARE_MIN + 5, None, 1)])
 def test_decode_step_in_one_call_equals_the_layer_loop(wide_model, monkeypatch, prefix_len, window, n, packed):
     """A decoding step's layers in one native call (kernel.decode_step): the same logits as the
     layer-by-layer loop, with a start-token prefix and a sliding window, a shared long prefix,

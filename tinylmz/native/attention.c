@@ -888,7 +888,8 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
  * cache, kept up by decode_step: same offsets as k1 and v1; keys in pack_keys' blocks of 16,
  * values in pack_values' quads, ks the blocks' corr, 128 times each key's byte sum, int32;
  * 64-byte aligned, own key 0 at a block's start).  Otherwise, and for the prefix, a task lays
- * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time. */
+ * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time.
+ * The prefix and the own keys are laid out apart (each from a block's start). */
 static void attend_batch_task(void *p, int64_t t, int64_t me)
 {
     const attend_job *j = p;
@@ -900,35 +901,33 @@ static void attend_batch_task(void *p, int64_t t, int64_t me)
     uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
     int64_t *o = j->o + i * 64, *o0 = (int64_t *)(phi + ATT_ROWS * PV_QUADS); /* o0: the prefix's part */
     const int8_t *k1 = j->k1 + b * j->kvn + h * j->kvh, *v1 = j->v1 + b * j->kvn + h * j->kvh;
-    keys_t kk = {j->k0 + h * j->kv0, k1, P}, vv = {j->v0 + h * j->kv0, v1, P};
-    unsigned_rows(j->q + i * 64, R, qu);
-    if (j->kp) { /* own keys laid out already: only the prefix's are */
-        keys_t k0 = {kk.a, kk.a, P};
-        if (P) {
-            pack_keys(k0, P, kt, corr);
-            scores_rows(qu, R, kt, corr, P, s, T);
-        }
-        scores_rows(qu, R, (const __m512i *)(j->kp + b * j->kvn + h * j->kvh),
-                    (const __m512i *)(j->ks + b * j->sn + h * j->sh), own, s + P, T);
-    } else {
-        pack_keys(kk, T, kt, corr);
-        scores_rows(qu, R, kt, corr, T, s, T);
+    keys_t k0 = {j->k0 + h * j->kv0, NULL, P}, v0 = {j->v0 + h * j->kv0, NULL, P};
+    keys_t ko = {k1, NULL, own}, vo = {v1, NULL, own};
+    const __m512i *kto = kt, *co = corr, *vto = vt; /* the own keys and values laid out */
+    if (j->kp) {
+        kto = (const __m512i *)(j->kp + b * j->kvn + h * j->kvh);
+        co = (const __m512i *)(j->ks + b * j->sn + h * j->sh);
+        vto = (const __m512i *)(j->vp + b * j->kvn + h * j->kvh);
     }
+    unsigned_rows(j->q + i * 64, R, qu);
+    if (P) { /* the prefix's keys, then the own ones, each laid out here unless given so */
+        pack_keys(k0, P, kt, corr);
+        scores_rows(qu, R, kt, corr, P, s, T);
+    }
+    if (!j->kp)
+        pack_keys(ko, own, kt, corr);
+    scores_rows(qu, R, kto, co, own, s + P, T);
     softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, P, j->sk1 + b * j->sn + h * j->sh,
                  j->sv1 + b * j->sn + h * j->sh, j->svmax + i, j->pos, R, T, j->inv, j->steps, j->table, j->L, s,
                  j->esum + i, sbuf, ratio);
-    if (j->kp) { /* exact integer sums: own and prefix parts add up to the whole */
-        keys_t v0 = {vv.a, vv.a, P}, vo = {v1, v1, own};
-        values_rows(s + P, T, R, own, (const __m512i *)(j->vp + b * j->kvn + h * j->kvh), vo, o, plo, phi);
-        if (P) {
-            pack_values(v0, P, vt);
-            values_rows(s, T, R, P, vt, v0, o0, plo, phi);
-            for (int64_t x = 0; x < R * 64; x++)
-                o[x] += o0[x];
-        }
-    } else {
-        pack_values(vv, T, vt);
-        values_rows(s, T, R, T, vt, vv, o, plo, phi);
+    if (!j->kp)
+        pack_values(vo, own, vt);
+    values_rows(s + P, T, R, own, vto, vo, o, plo, phi);
+    if (P) { /* exact integer sums: the prefix's part added to the own keys' */
+        pack_values(v0, P, vt);
+        values_rows(s, T, R, P, vt, v0, o0, plo, phi);
+        for (int64_t x = 0; x < R * 64; x++)
+            o[x] += o0[x];
     }
 }
 #endif
