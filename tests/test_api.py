@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import tinylmz
 from tinylmz import api, container
+from tinylmz.threads import set_threads
 
 SAMPLES = {
     "text": b"The cat sat on the mat. " * 20,
@@ -56,6 +57,42 @@ def test_model_blocks_are_used_and_split_into_streams(tiny_model, no_lzma):
     assert [b.method for b in blocks] == [container.MODEL]
     n_streams, _ = container.read_varint(blocks[0].payload, 0)
     assert n_streams > 5
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blocks_coded_side_by_side_make_the_same_file(tiny_model, no_lzma, monkeypatch, threads):
+    """A writer codes the next blocks while the oldest one's streams finish, and writes blocks in
+    order: the file is the one coded block by block."""
+    words = (b"the ", b"sea ", b"shells ", b"wood ", b"bits ", b"byte ", b"text ", b"fox ")
+    data = b"".join(w * (600 // len(w)) for w in words)  # one word a block: blocks out of order would show
+    set_threads(threads)
+
+    def run(in_flight):
+        monkeypatch.setattr(api, "IN_FLIGHT", in_flight)
+        out = io.BytesIO()
+        with api.Compressor(out, model=str(tiny_model), block_size=600, segment_tokens=60) as c:
+            for i in range(0, len(data), 700):
+                c.write(data[i : i + 700])
+        return out.getvalue(), c.stats.methods
+
+    try:
+        blob, methods = run(3)
+        assert methods.get("model", 0) >= 5, methods  # streams of several blocks in the queue
+        assert (blob, methods) == run(0)
+    finally:
+        set_threads(None)
+    assert tinylmz.decompress(blob, model=str(tiny_model)) == data
+
+
+def test_an_error_drops_the_blocks_in_flight(tiny_model, no_lzma):
+    out = io.BytesIO()
+    with pytest.raises(KeyError):
+        with api.Compressor(out, model=str(tiny_model), block_size=100, segment_tokens=8) as c:
+            c.write(b"the cat sat on the mat. " * 40)
+            raise KeyError("the caller failed")
+    c.close()  # after the error: nothing more is written, and no trailer
+    with pytest.raises(tinylmz.FormatError):
+        tinylmz.decompress(out.getvalue(), model=str(tiny_model))
 
 
 def test_block_cut_keeps_utf8_characters_whole():

@@ -106,6 +106,38 @@ def test_set_threads_and_environment(monkeypatch):
         threads.threads()
 
 
+def test_threads_side_by_side_share_the_cores():
+    """Segments scored side by side take an equal share of the cores, counted at each call: the
+    last one left takes them all."""
+    threads.set_threads(4)
+    both, first_left, seen = threading.Barrier(2), threading.Event(), {}
+
+    def stays():
+        with threads.side_by_side():
+            both.wait()
+            seen["two"] = threads.threads()
+            both.wait()
+            first_left.wait()
+            seen["alone"] = threads.threads()
+            with threads.single_thread():
+                seen["single"] = threads.threads()
+
+    def leaves():
+        with threads.side_by_side():
+            both.wait()
+            seen["other"] = threads.threads()
+            both.wait()
+        first_left.set()
+
+    ts = [threading.Thread(target=stays), threading.Thread(target=leaves)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert seen == {"two": 2, "other": 2, "alone": 4, "single": 1}
+    assert threads.threads() == 4
+
+
 def test_available_cpus_follow_the_affinity_mask():
     """The CPUs a process may use are read again after a second at most (they are cached: a
     decoder asks twice per step), so a narrowed affinity mask is seen."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import builtins
+import collections
 import functools
 import io
 import os
@@ -22,6 +23,7 @@ from .errors import FormatError, TinylmzError
 from .threads import set_threads
 
 Progress = Callable[[int], None]  # called with a number of input bytes done
+IN_FLIGHT = 2  # blocks a writer codes at once, besides the one it has just cut (their streams queue)
 
 
 @functools.lru_cache(maxsize=2)
@@ -118,6 +120,7 @@ class Compressor:
         self._total = 0
         self._crc = 0
         self._blocks = 0
+        self._pending: collections.deque = collections.deque()  # codec.PendingBlock, oldest first
         self._progress = progress
         self._measure = measure
         self.stats = Stats()
@@ -158,11 +161,30 @@ class Compressor:
 
     def _emit(self, raw: bytes) -> None:
         ids = self._settle(raw) if self._balance else None
-        method, payload = self.session.encode_block(raw, self.stats, self._measure, self._progress, ids)
-        self.size += container.write_block(self._f, method, raw, payload, self.version)
+        self._pending.append(self.session.submit_block(raw, self._measure, self._progress, ids))
+        # blocks in flight keep every segment worker busy across block boundaries
+        while len(self._pending) > IN_FLIGHT or (self._pending and self._pending[0].done()):
+            self._write_next()
+
+    def _write_next(self) -> None:
+        block = self._pending[0]
+        try:
+            method, payload = block.result(self.stats)
+        except BaseException:
+            self._abandon()
+            raise
+        self._pending.popleft()
+        self.size += container.write_block(self._f, method, block.raw, payload, self.version)
         self._blocks += 1
-        self._total += len(raw)
-        self._crc = zlib.crc32(raw, self._crc)
+        self._total += len(block.raw)
+        self._crc = zlib.crc32(block.raw, self._crc)
+
+    def _abandon(self) -> None:
+        """After an error: stop coding the blocks in flight."""
+        for block in self._pending:
+            block.cancel()
+        self._pending.clear()
+        self._closed = True
 
     def close(self) -> None:
         if self._closed:
@@ -170,6 +192,8 @@ class Compressor:
         if self._buf:
             self._emit(bytes(self._buf))
             self._buf.clear()
+        while self._pending:
+            self._write_next()
         if self._balance:
             self._settle(b"")
         self.size += container.write_trailer(self._f, self._total, self._crc, self.version, self._blocks)
@@ -181,6 +205,8 @@ class Compressor:
     def __exit__(self, *exc):
         if exc[0] is None:
             self.close()
+        else:
+            self._abandon()
 
 
 def open_reader(fileobj, *, model=None, context: bytes | None = None, force: bool = False):

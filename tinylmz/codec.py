@@ -12,7 +12,7 @@ from __future__ import annotations
 import lzma
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -157,6 +157,16 @@ class Session:
                      progress: Callable[[int], None] | None = None, ids: np.ndarray | None = None) -> tuple[int, bytes]:
         """(method, payload) for one block, the smallest of model / lzma / stored (``ids``: its
         tokens, where the caller has them already)."""
+        return self.submit_block(raw, measure, progress, ids).result(stats)
+
+    def submit_block(self, raw: bytes, measure: bool = False, progress: Callable[[int], None] | None = None,
+                     ids: np.ndarray | None = None) -> "PendingBlock":
+        """Start coding one block; ``result()`` of what it returns waits for it.
+
+        Its streams queue behind those of blocks submitted before, so the segment workers
+        move on to the next block while a block's last stream is still being scored (a 64 KB
+        block of prose is 3 streams: on 2 cores, coded one block at a time, its third stream
+        ran alone)."""
         best = (STORED, raw)
         packed = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if raw else b""
         if len(packed) < len(best[1]):
@@ -164,59 +174,55 @@ class Session:
         if ids is None:
             ids = self.tokenizer.encode(raw) if raw else np.zeros(0, np.int32)
         if progress:
-            progress = _per_token(progress, len(raw), len(ids))
+            progress = _serialized(_per_token(progress, len(raw), len(ids)))
+        jobs, stop = [], threading.Event()
         if 0 < len(ids) <= MAX_TOKENS_PER_BYTE * len(raw):
-            coded, bits = self.encode_tokens(ids, measure=measure, progress=progress)
-            if len(coded) < len(best[1]):
-                best = (MODEL, coded)
-            if stats is not None:
-                stats.tokens += len(ids)
-                stats.model_bits += bits
+            jobs = self.submit_streams(self.segments(ids), measure, progress, stop)
         elif progress:
             progress(len(ids))
-        if stats is not None:
-            stats.raw_bytes += len(raw)
-            stats.methods[container.METHODS[best[0]]] = stats.methods.get(container.METHODS[best[0]], 0) + 1
-            if best[0] == MODEL:
-                stats.coded_bytes += len(best[1])
-        return best
+        return PendingBlock(raw, best, len(ids) if jobs else 0, jobs,
+                            len(ids) - (len(jobs) - 1) * self.segment_tokens, stop)
 
     def segments(self, ids: np.ndarray) -> list[np.ndarray]:
         s = self.segment_tokens
         return [ids[i : i + s] for i in range(0, len(ids), s)]
 
     def encode_streams(self, segs: list[np.ndarray], measure: bool = False, progress=None) -> tuple[list[bytes], float]:
-        """Range-code each segment as its own stream from the prefix; (streams, model bits if measured).
-
-        Segments are independent, so an engine whose results do not depend on how it is
-        called (``batch_invariant``) scores several side by side, one core each.
-        """
-        if not self.engine.batch_invariant:  # drive it exactly as the decoder will
-            return self._lockstep(segs, measure, progress)
-        prefix = self.prefix
-        if progress:
-            lock, tick = threading.Lock(), progress
-
-            def progress(n: int) -> None:  # noqa: F811 - the same callback, serialized
-                with lock:
-                    tick(n)
-
-        workers = min(len(segs), self.engine.segment_workers())
-        if workers <= 1:
-            results = [self._encode_segment(prefix, seg, measure, progress) for seg in segs]
-        else:
-            def one(seg):
-                with self.engine.one_core():
-                    return self._encode_segment(prefix, seg, measure, progress)
-
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one, segs))
+        """Range-code each segment as its own stream from the prefix; (streams, model bits if measured)."""
+        results = [job.result() for job in self.submit_streams(segs, measure, progress)]
         return [r[0] for r in results], sum(r[1] for r in results)
 
-    def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress) -> tuple[bytes, float]:
+    def submit_streams(self, segs: list[np.ndarray], measure: bool = False, progress=None,
+                       stop: threading.Event | None = None) -> list[Future]:
+        """Futures of (stream bytes, model bits) for each segment, coded as its own stream from the
+        prefix (``stop``, once set, ends the segments being scored at their next chunk).
+
+        Segments are independent, so an engine whose results do not depend on how it is
+        called (``batch_invariant``) scores several side by side in the process's segment
+        workers, sharing the cores (one each while all are busy); otherwise, or with one
+        worker, they are coded here, now.
+        """
+        if not self.engine.batch_invariant:  # drive it exactly as the decoder will
+            streams, bits = self._lockstep(segs, measure, progress)
+            return [_done((s, bits if i == 0 else 0.0)) for i, s in enumerate(streams)]
+        prefix = self.prefix
+        workers = self.engine.segment_workers()
+        if workers <= 1:
+            return [_done(self._encode_segment(prefix, seg, measure, progress)) for seg in segs]
+
+        def one(seg):
+            with self.engine.side_by_side():
+                return self._encode_segment(prefix, seg, measure, progress, stop)
+
+        pool = _segment_pool(workers)
+        return [pool.submit(one, seg) for seg in segs]
+
+    def _encode_segment(self, prefix, seg: np.ndarray, measure: bool, progress, stop=None) -> tuple[bytes, float]:
         enc, done, bits = Encoder(), 0, 0.0
         state = self.adaptive_state()
         for chunk in self.engine.score(prefix, self._input[seg], reuse=True, **self._win):
+            if stop is not None and stop.is_set():
+                raise CancelledError
             # frequency tables are (rows x vocabulary) int64: a few rows at a time bounds memory
             for rows in np.array_split(chunk, -(-len(chunk) // FREQ_ROWS)):
                 part = seg[done : done + len(rows)]
@@ -231,19 +237,6 @@ class Session:
                 if progress:
                     progress(len(rows))
         return enc.finish(), bits
-
-    def encode_tokens(self, ids: np.ndarray, measure: bool = False, progress=None) -> tuple[bytes, float]:
-        """Model-coded payload: stream count, last stream's tokens, bytes of each stream but the last, streams."""
-        segs = self.segments(ids)
-        streams, bits = self.encode_streams(segs, measure, progress)
-        # Every stream but the last has segment_tokens tokens, and the last one's bytes run
-        # to the end of the payload, so the table holds only what cannot be inferred.
-        out = bytearray(varint(len(segs)) + varint(len(segs[-1])))
-        for data in streams[:-1]:
-            out += varint(len(data))
-        for data in streams:
-            out += data
-        return bytes(out), bits
 
     def _lockstep(self, segs, measure, progress):
         """Encode segments the way the decoder will decode them (for engines that need it)."""
@@ -292,7 +285,7 @@ class Session:
         return plan
 
     def decode_payload(self, payload: bytes, raw_len: int, progress=None) -> bytes:
-        """Inverse of ``encode_tokens`` followed by the piece table."""
+        """Inverse of ``stream_table`` over ``encode_streams``."""
         return self.decode_payloads([(payload, raw_len)], progress)[0]
 
     def decode_payloads(self, items: list[tuple[bytes, int]], progress=None) -> list[bytes]:
@@ -380,6 +373,86 @@ def _per_token(progress: Callable[[int], None], n_bytes: int, n_tokens: int) -> 
         b = n_bytes * done[0] // max(n_tokens, 1)
         progress(b - done[1])
         done[1] = b
+
+    return tick
+
+
+def stream_table(streams: list[bytes], last: int) -> bytes:
+    """A model-coded payload: stream count, the last stream's tokens, the bytes of each stream
+    but the last, the streams.  Every stream but the last has ``segment_tokens`` tokens and the
+    last one's bytes run to the payload's end, so the table holds only what cannot be inferred."""
+    out = bytearray(varint(len(streams)) + varint(last))
+    for data in streams[:-1]:
+        out += varint(len(data))
+    for data in streams:
+        out += data
+    return bytes(out)
+
+
+class PendingBlock:
+    """A block whose streams are being coded (``Session.submit_block``)."""
+
+    def __init__(self, raw: bytes, best: tuple[int, bytes], tokens: int, jobs: list[Future], last: int,
+                 stop: threading.Event) -> None:
+        self.raw, self._best, self._tokens, self._jobs, self._last, self._stop = raw, best, tokens, jobs, last, stop
+
+    def done(self) -> bool:
+        return all(j.done() for j in self._jobs)
+
+    def cancel(self) -> None:
+        """Stop coding (after an error: the block will not be written)."""
+        self._stop.set()
+        for j in self._jobs:
+            j.cancel()
+
+    def result(self, stats: Stats | None = None) -> tuple[int, bytes]:
+        """(method, payload): the smallest of model / lzma / stored; ``stats`` counts the block."""
+        best = self._best
+        if self._jobs:
+            results = [j.result() for j in self._jobs]
+            streams, bits = [r[0] for r in results], sum(r[1] for r in results)
+            coded = stream_table(streams, self._last)
+            if len(coded) < len(best[1]):
+                best = (MODEL, coded)
+            if stats is not None:
+                stats.tokens += self._tokens
+                stats.model_bits += bits
+        if stats is not None:
+            stats.raw_bytes += len(self.raw)
+            stats.methods[container.METHODS[best[0]]] = stats.methods.get(container.METHODS[best[0]], 0) + 1
+            if best[0] == MODEL:
+                stats.coded_bytes += len(best[1])
+        return best
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _segment_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's segment workers (one pool for every session: they share the cores)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != workers:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)  # its queued segments still run
+            _pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="tinylmz-segment"))
+        return _pool[1]
+
+
+def _done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+def _serialized(progress: Callable[[int], None]) -> Callable[[int], None]:
+    """``progress`` callable from the segment workers (one at a time)."""
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        with lock:
+            progress(n)
 
     return tick
 

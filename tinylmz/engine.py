@@ -65,8 +65,9 @@ class Engine(Protocol):
     def segment_workers(self) -> int:
         """Batch-invariant engines: how many ``score`` calls may run side by side in threads."""
 
-    def one_core(self):
-        """Batch-invariant engines: a context manager under which this thread's calls use one core."""
+    def side_by_side(self):
+        """Batch-invariant engines: a context manager under which this thread's calls share the
+        cores with the other threads inside one (segments scored side by side)."""
 
     def stepper(self, prefix: Prefix, n: int) -> Stepper:
         """Start ``n`` streams from ``prefix``."""

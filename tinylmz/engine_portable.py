@@ -280,9 +280,9 @@ class PortableEngine:
         """
         return kernel.threads() if self.native else 1
 
-    def one_core(self):
-        """Context manager: this thread's kernel calls use one core."""
-        return kernel.single_thread()
+    def side_by_side(self):
+        """Context manager: this thread's kernel calls share the cores with the others inside one."""
+        return kernel.side_by_side()
 
     def check_params(self, params: dict, *, force: bool = False) -> None:
         if params.get("version") != VERSION:

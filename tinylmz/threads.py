@@ -78,17 +78,40 @@ def threads() -> int:
     chosen = getattr(_local, "chosen", None)
     if chosen is not None:
         return chosen
-    return fixed() or available_cpus()
+    n = fixed() or available_cpus()
+    if getattr(_local, "sharing", False):
+        return max(1, n // max(_sharing[0], 1))
+    return n
 
 
 @contextlib.contextmanager
 def single_thread():
-    """Kernel calls from this thread use one core (for callers that run work side by side)."""
+    """Kernel calls from this thread use one core."""
     _local.single = True
     try:
         yield
     finally:
         _local.single = False
+
+
+_sharing = [0]  # threads inside side_by_side() now
+_sharing_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def side_by_side():
+    """Kernel calls from this thread share the cores equally with the other threads inside
+    ``side_by_side()``, counted at each call: segments scored side by side take one core
+    each, and the last one left takes them all."""
+    with _sharing_lock:
+        _sharing[0] += 1
+    _local.sharing = True
+    try:
+        yield
+    finally:
+        _local.sharing = False
+        with _sharing_lock:
+            _sharing[0] -= 1
 
 
 class Governor:
@@ -145,7 +168,8 @@ class Governor:
     @contextlib.contextmanager
     def run(self, units: int):
         """Time the calls inside, made with the thread count chosen for ``units`` of work."""
-        if getattr(_local, "single", False) or fixed() is not None or units <= 0:
+        shared = getattr(_local, "sharing", False) and _sharing[0] > 1  # the share sets the count
+        if getattr(_local, "single", False) or shared or fixed() is not None or units <= 0:
             yield
             return
         most = available_cpus()

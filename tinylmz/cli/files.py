@@ -167,12 +167,11 @@ def _compress_stream(src, out, opts: Options, progress: Progress):
 
     size, crc = 0, 0
     sink = _Counting(out)
-    comp = Compressor(sink, model=opts.model, progress=progress, measure=opts.verbose, **opts.compressor())
-    for chunk in chunks(src, opts.block_size):
-        size += len(chunk)
-        crc = zlib.crc32(chunk, crc)
-        comp.write(chunk)
-    comp.close()
+    with Compressor(sink, model=opts.model, progress=progress, measure=opts.verbose, **opts.compressor()) as comp:
+        for chunk in chunks(src, opts.block_size):  # an error or a signal stops the blocks in flight
+            size += len(chunk)
+            crc = zlib.crc32(chunk, crc)
+            comp.write(chunk)
     comp.out_size = sink.n
     return comp, size, crc
 
