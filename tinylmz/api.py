@@ -66,6 +66,8 @@ class Compressor:
     first format (streams of ``segment_tokens`` tokens, each token seeing its whole stream).
     Without ``segment_tokens``, a format-2 writer sets it from the first block
     (``codec.stream_length``: equal streams of at most 8192 tokens) and writes the header then.
+    Blocks are coded side by side, up to ``IN_FLIGHT`` + 1 at once, and written in order; ``close()``
+    waits for them, and leaving a ``with`` block on an exception stops them (no trailer is written).
     """
 
     def __init__(self, fileobj, *, model=None, engine: str | None = None, context: bytes | None = None,
