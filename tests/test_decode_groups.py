@@ -5,7 +5,7 @@ import io
 import pytest
 
 import tinylmz
-from tinylmz import api, container
+from tinylmz import api, codec, container
 from tinylmz.errors import FormatError
 
 from tinymodel import TRAINING_TEXT
@@ -21,19 +21,21 @@ def test_groups_are_bounded_and_cover_every_block(tiny_model, monkeypatch):
     blob = tinylmz.compress(TEXT, model=str(tiny_model), block_size=512, segment_tokens=32)
     blocks = _blocks(blob)
     assert sum(b.method == container.MODEL for b in blocks) >= 4
-    monkeypatch.setattr(api, "DECODE_TOKENS", 32 * 12)
-    groups = list(api._groups(iter(blocks), 32))
+    monkeypatch.setattr(codec, "DECODE_BYTES", 32 * 12 * 1000)
+    asked = []
+    groups = list(api._groups(iter(blocks), 32, position_bytes=lambda: asked.append(1) or 1000))
+    assert asked == [1]  # once, at the first model-coded block
     assert [b.index for g in groups for b in g] == [b.index for b in blocks]
     assert 1 < len(groups) < len(blocks)  # side by side, yet bounded
     for g in groups:
         streams = sum(container.read_varint(b.payload, 0)[0] for b in g if b.method == container.MODEL)
-        assert len(g) == 1 or streams * 32 <= api.DECODE_TOKENS
+        assert len(g) == 1 or streams * 32 * 1000 <= codec.DECODE_BYTES
 
 
-@pytest.mark.parametrize("budget", [1, 32 * 12, 10**9])
-def test_side_by_side_equals_one_by_one(tiny_model, monkeypatch, budget):
+@pytest.mark.parametrize("positions", [1, 32 * 12, 10**9])
+def test_side_by_side_equals_one_by_one(tiny_model, monkeypatch, positions):
     blob = tinylmz.compress(TEXT, model=str(tiny_model), block_size=512, segment_tokens=32)
-    monkeypatch.setattr(api, "DECODE_TOKENS", budget)
+    monkeypatch.setattr(codec, "DECODE_BYTES", positions * api.POSITION_BYTES)
     assert tinylmz.decompress(blob, model=str(tiny_model)) == TEXT
 
 

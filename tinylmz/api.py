@@ -233,15 +233,17 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
     return reader, session
 
 
-DECODE_TOKENS = 36864  # decoder: stream positions in flight (~14 KB of key/value cache each: ~500 MB)
+POSITION_BYTES = 13680  # per cached position, for engines that do not say (SmolLM2-135M's int8 cache)
 
 
-def _groups(blocks, segment_tokens: int, window: int | None = None) -> Iterator[list]:
-    """Consecutive blocks whose model-coded streams fit ``DECODE_TOKENS`` together.
+def _groups(blocks, segment_tokens: int, window: int | None = None,
+            position_bytes: Callable[[], int] = lambda: POSITION_BYTES) -> Iterator[list]:
+    """Consecutive blocks whose model-coded streams' caches fit ``codec.DECODE_BYTES`` together
+    (``position_bytes()``: a stream's bytes per cached position, asked at the first model block).
 
     A read error (a damaged block header) is raised only after the blocks before it.
     """
-    group, cost = [], 0
+    group, cost, each = [], 0, None
     per_stream = segment_tokens if window is None else min(segment_tokens, window + 2 * codec.WINDOW_STEP)
     while True:
         try:
@@ -258,8 +260,9 @@ def _groups(blocks, segment_tokens: int, window: int | None = None) -> Iterator[
                 streams = container.read_varint(block.payload, 0)[0]
             except (TinylmzError, IndexError, ValueError):
                 streams = 1  # damaged: reported when it is decoded
-            need = max(1, min(streams, 1 << 16)) * per_stream  # the lockstep's cache: streams x longest
-        if group and cost + need > DECODE_TOKENS:
+            each = position_bytes() if each is None else each
+            need = max(1, min(streams, 1 << 16)) * per_stream * each  # the lockstep's cache: streams x longest
+        if group and cost + need > codec.DECODE_BYTES:
             yield group
             group, cost = [], 0
         group.append(block)
@@ -278,7 +281,14 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
     reader, make_session = open_reader(fileobj, model=model, context=context, force=force)
     session = None
     total, crc = 0, 0
-    for group in _groups(iter(reader.blocks()), reader.header.segment_tokens, reader.header.window):
+
+    def position_bytes() -> int:  # the engine loads at the first model-coded block, not before
+        nonlocal session
+        session = session or make_session()
+        ask = getattr(session.engine, "position_bytes", None)
+        return ask() if ask else POSITION_BYTES
+
+    for group in _groups(iter(reader.blocks()), reader.header.segment_tokens, reader.header.window, position_bytes):
         if session is None and any(b.method == container.MODEL for b in group):
             session = make_session()
         for block, raw in zip(group, codec.decode_blocks(session, group, progress)):

@@ -480,15 +480,26 @@ class PortableEngine:
             prev = out[-1:]
         yield prev
 
-    def stepper(self, prefix: PortablePrefix, n: int, window: int | None = None) -> "PortableStepper":
-        return PortableStepper(self, prefix, n, window)
+    def stepper(self, prefix: PortablePrefix, n: int, window: int | None = None,
+                budget: int | None = None) -> "PortableStepper":
+        """``n`` streams from ``prefix``; ``budget``: bytes their cache may take at full windows
+        (the laid-out copy is kept only within it)."""
+        return PortableStepper(self, prefix, n, window, budget)
+
+    def position_bytes(self, laid: bool = False) -> int:
+        """Bytes a stepper holds per cached position of one stream: int8 keys and values and three
+        float64 scales per layer and kv head, and with ``laid`` the laid-out copy (int8 twice, an int32)."""
+        per = 2 * self.cfg.head_dim + 3 * 8 + (2 * self.cfg.head_dim + 4 if laid else 0)
+        return self.cfg.n_layer * self.cfg.n_head_kv * per
 
 
 class PortableStepper:
-    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None) -> None:
+    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None,
+                 budget: int | None = None) -> None:
         self.engine = engine
         self.cache = prefix.cache.branch(engine.cfg, n, 64, window)
-        if window is not None and engine._steps is not None and kernel.packs():
+        if window is not None and engine._steps is not None and kernel.packs() and (
+                budget is None or n * (window + 2 * WINDOW_STEP) * engine.position_bytes(laid=True) <= budget):
             self.cache.lay_out()  # a window's worth of keys is laid out once, not at every step
         self._logits = np.repeat(prefix.logits[None], n, axis=0)
 

@@ -286,8 +286,9 @@ def compress_cmd(
         "--model", "-m", metavar="NAME|PATH", help="Model: a registry name (see 'tinylmz model list') or a path to a .gguf file.  "
         "Default: smollm2-135m-instruct-q4_1.", show_default=False)] = None,
     engine: Annotated[Engine, typer.Option(
-        "--engine", "-e", help="portable: bit-exact on every machine (default).  llama: llama.cpp, faster, "
-        "but files decode only where the same llama.cpp build and CPU features are found.",
+        "--engine", "-e", help="portable: bit-exact on every machine (default).  llama: llama.cpp, one token "
+        "per call (slower than portable with its native kernels); files decode only where the same llama.cpp "
+        "build and CPU features are found.",
         case_sensitive=False)] = Engine.portable,
     context: Annotated[Optional[Path], typer.Option(
         "--context", metavar="FILE", help="A file of text the model reads before the data (a dictionary-like primer); "
