@@ -184,8 +184,8 @@ class Session:
             jobs = self.submit_streams(self.segments(ids), measure, progress, stop)
         elif progress:
             progress(len(ids))
-        return PendingBlock(raw, best, len(ids) if jobs else 0, jobs,
-                            len(ids) - (len(jobs) - 1) * self.segment_tokens, stop)
+        last = len(ids) - (len(jobs) - 1) * self.segment_tokens if jobs else 0  # the last stream's tokens
+        return PendingBlock(raw, best, len(ids) if jobs else 0, jobs, last, stop)
 
     def segments(self, ids: np.ndarray) -> list[np.ndarray]:
         s = self.segment_tokens
