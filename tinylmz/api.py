@@ -286,7 +286,7 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
         nonlocal session
         session = session or make_session()
         ask = getattr(session.engine, "position_bytes", None)
-        return ask() if ask else POSITION_BYTES
+        return ask(session.window) if ask else POSITION_BYTES
 
     for group in _groups(iter(reader.blocks()), reader.header.segment_tokens, reader.header.window, position_bytes):
         if session is None and any(b.method == container.MODEL for b in group):

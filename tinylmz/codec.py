@@ -66,8 +66,7 @@ V2_ADAPTIVE = 1
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
 # Decoder: the key/value cache of the streams advanced together (36,864 positions of SmolLM2-135M's
-# int8 cache, ~500 MB): blocks are grouped to fit it, and a laid-out copy of the cache is kept only
-# where it fits too (7 streams at full windows; peak RSS stays under 1 GB).
+# int8 cache, ~500 MB): blocks are grouped to fit it.
 DECODE_BYTES = 36864 * 13680
 FREQ_ROWS = 32  # positions turned into frequency tables at once (memory: FREQ_ROWS x V x 8 bytes, a few times)
 
@@ -325,8 +324,7 @@ class Session:
         out = [np.zeros(c, dtype=np.int64) for c in counts]
         if not counts or counts[0] == 0:
             return out
-        budget = {"budget": DECODE_BYTES} if self._win else {}  # windows are the portable engine's
-        stepper = self.engine.stepper(self.prefix, len(datas), **self._win, **budget)
+        stepper = self.engine.stepper(self.prefix, len(datas), **self._win)
         states = None
         if self.adaptive:
             from .adaptive import AdaptiveBatch

@@ -132,14 +132,34 @@ class Cache:
         self.lo = 0  # array index of the first own key visible to the current call
         self.laid = None  # (kp, vp, ks): the own keys and values laid out for decode_step, or None
 
+    @property
+    def cap(self) -> int:
+        """Own positions the arrays hold."""
+        return self.sk.shape[3]
+
     def lay_out(self) -> None:
-        """Keep a copy of the own keys and values laid out for the lane-wise attention
-        (``kernel.decode_step`` keeps it up; the layer loop drops it): the decoder then does not
-        lay out the whole window again at every step.  Only on a cache with no own positions yet,
-        a capacity that is a multiple of 16 and heads of 64."""
-        if self.len == self.base and self.k.shape[3] % 16 == 0 and self.k.shape[4] == 64:
+        """Hold the own keys and values laid out for the lane-wise attention instead of as rows
+        (``kernel.decode_step`` keeps them up; ``k`` and ``v`` are then None): the decoder does not
+        lay out the whole window again at every step, and the cache is no larger.  Only on a cache
+        with no own positions yet, a capacity that is a multiple of 16 and heads of 64."""
+        if self.len == self.base and self.cap % 16 == 0 and self.k.shape[4] == 64:
             self.laid = (_aligned(self.k.shape, np.int8), _aligned(self.k.shape, np.int8),
                          _aligned(self.sk.shape, np.int32))
+            self.k = self.v = None
+
+    def unlay(self) -> None:
+        """Back to rows (for the layer loop, which reads them): the inverse of the layout
+        decode_step writes (keys: blocks of 16 positions, byte d // 4 * 64 + (c % 16) * 4 + d % 4;
+        values: quads of 4, byte d % 16 // 4 * 64 + d // 16 * 16 + d % 4 * 4 + c % 4)."""
+        if self.laid is None:
+            return
+        kp, vp, _ = self.laid
+        L, n, H, cap, D = kp.shape
+        if self.k is None:
+            k = kp.reshape(L, n, H, cap // 16, 16, 16, 4).transpose(0, 1, 2, 3, 5, 4, 6)
+            v = vp.reshape(L, n, H, cap // 4, 4, 4, 4, 4).transpose(0, 1, 2, 3, 7, 5, 4, 6)
+            self.k, self.v = k.reshape(L, n, H, cap, D), v.reshape(L, n, H, cap, D)
+        self.laid = None
 
     def sv_max(self, li: int) -> np.ndarray:
         """Largest value scale of each head of stream 0 in layer ``li`` (for a shared prefix)."""
@@ -147,7 +167,7 @@ class Cache:
 
     def grow(self, end: int) -> None:
         """Make room for positions up to ``end``."""
-        have = self.k.shape[3]
+        have = self.cap
         cap = end - self.base - self.drop
         if cap <= have:
             return
@@ -157,22 +177,24 @@ class Cache:
             out[:, :, :, have:] = fill
             return out
 
-        self.k, self.v, self.sk, self.sv = pad(self.k, 0), pad(self.v, 0), pad(self.sk, 1), pad(self.sv, 1)
-        self.svc = pad(self.svc, 1)
-        if self.laid is not None and cap % 16 == 0:
+        if self.laid is not None and cap % 16:
+            self.unlay()  # laid out in whole blocks of 16 only
+        if self.k is not None:
+            self.k, self.v = pad(self.k, 0), pad(self.v, 0)
+        self.sk, self.sv, self.svc = pad(self.sk, 1), pad(self.sv, 1), pad(self.svc, 1)
+        if self.laid is not None:
             laid = []
             for a in self.laid:
                 b = _aligned(a.shape[:3] + (cap,) + a.shape[4:], a.dtype)
                 b[:, :, :, :have] = a  # the rest: zeros already
                 laid.append(b)
             self.laid = tuple(laid)
-        else:
-            self.laid = None
 
     def take(self, n: int) -> "Cache":
         """The first ``n`` streams (views, no copy)."""
         c = object.__new__(Cache)
-        c.k, c.v, c.sk, c.sv, c.svc = self.k[:, :n], self.v[:, :n], self.sk[:, :n], self.sv[:, :n], self.svc[:, :n]
+        c.k, c.v = (None, None) if self.k is None else (self.k[:, :n], self.v[:, :n])
+        c.sk, c.sv, c.svc = self.sk[:, :n], self.sv[:, :n], self.svc[:, :n]
         c.shared, c.base, c.len, c.drop, c.window, c.lo = self.shared, self.base, self.len, self.drop, self.window, self.lo
         c.laid = None if self.laid is None else tuple(a[:, :n] for a in self.laid)
         return c
@@ -189,9 +211,9 @@ class Cache:
         if start - self.drop >= WINDOW_STEP and have > 0:  # drop in steps: one copy per step of positions
             d = start - self.drop
             for a in (self.k, self.v, self.sk, self.sv, self.svc):
-                for layer in a:  # a layer at a time, so numpy's copy of the overlap is small and reused
+                for layer in () if a is None else a:  # a layer at a time: numpy's copy of the overlap is small
                     layer[:, :, : have - d] = layer[:, :, d:have]  # (whole: 250 MB of fresh pages, 7 streams)
-            top = min(-(-have // 16) * 16, self.k.shape[3])  # laid out: in whole blocks of 16 (d: of 256)
+            top = min(-(-have // 16) * 16, self.cap)  # laid out: in whole blocks of 16 (d: of 256)
             for a in self.laid or ():
                 for layer in a:
                     layer[:, :, : top - d] = layer[:, :, d:top]
@@ -326,7 +348,7 @@ class PortableEngine:
             x = np.ascontiguousarray(x.reshape(n, -1))
             self._step(x, cache, o0, p0)
         else:
-            cache.laid = None  # the layer loop does not keep it up
+            cache.unlay()  # the layer loop reads rows and does not keep the layout up
         for li, layer in enumerate(() if one_call else w.layers):
             h = self._norm(x, layer["attn_norm"], cfg.eps)
             qkv = matmul(h, layer["qkv"])
@@ -480,26 +502,29 @@ class PortableEngine:
             prev = out[-1:]
         yield prev
 
-    def stepper(self, prefix: PortablePrefix, n: int, window: int | None = None,
-                budget: int | None = None) -> "PortableStepper":
-        """``n`` streams from ``prefix``; ``budget``: bytes their cache may take at full windows
-        (the laid-out copy is kept only within it)."""
-        return PortableStepper(self, prefix, n, window, budget)
+    def stepper(self, prefix: PortablePrefix, n: int, window: int | None = None) -> "PortableStepper":
+        return PortableStepper(self, prefix, n, window)
 
-    def position_bytes(self, laid: bool = False) -> int:
+    def lays_out(self, window: int | None, n: int = 1, prefix: int = 1) -> bool:
+        """Whether a stepper holds its keys and values laid out for the fused attention
+        (``kernel.decode_step`` with ``attend_batches``: AVX-512 VNNI, heads of 64, at most 16
+        query rows per kv head; a long prefix shared by several streams takes the other path)."""
+        cfg = self.cfg
+        return (window is not None and self._steps is not None and kernel.packs() and cfg.head_dim == 64
+                and cfg.n_head // cfg.n_head_kv <= 16 and (n == 1 or prefix <= 4))
+
+    def position_bytes(self, window: int | None = None) -> int:
         """Bytes a stepper holds per cached position of one stream: int8 keys and values and three
-        float64 scales per layer and kv head, and with ``laid`` the laid-out copy (int8 twice, an int32)."""
-        per = 2 * self.cfg.head_dim + 3 * 8 + (2 * self.cfg.head_dim + 4 if laid else 0)
+        float64 scales per layer and kv head, and an int32 key sum where they are laid out."""
+        per = 2 * self.cfg.head_dim + 3 * 8 + (4 if self.lays_out(window) else 0)
         return self.cfg.n_layer * self.cfg.n_head_kv * per
 
 
 class PortableStepper:
-    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None,
-                 budget: int | None = None) -> None:
+    def __init__(self, engine: PortableEngine, prefix: PortablePrefix, n: int, window: int | None = None) -> None:
         self.engine = engine
         self.cache = prefix.cache.branch(engine.cfg, n, 64, window)
-        if window is not None and engine._steps is not None and kernel.packs() and (
-                budget is None or n * (window + 2 * WINDOW_STEP) * engine.position_bytes(laid=True) <= budget):
+        if engine.lays_out(window, n, prefix.cache.len):
             self.cache.lay_out()  # a window's worth of keys is laid out once, not at every step
         self._logits = np.repeat(prefix.logits[None], n, axis=0)
 
@@ -511,8 +536,7 @@ class PortableStepper:
         if n < self._logits.shape[0]:
             self.cache = self.cache.take(n)
         c = self.cache
-        if c.len >= c.base + c.drop + c.k.shape[3]:  # grow by doubling; with a window by 4, up to what it holds
-            room = 2 * c.k.shape[3] if c.window is None else max(c.k.shape[3] + 1, min(4 * c.k.shape[3],
-                                                                                     c.window + 2 * WINDOW_STEP))
+        if c.len >= c.base + c.drop + c.cap:  # grow by doubling; with a window by 4, up to what it holds
+            room = 2 * c.cap if c.window is None else max(c.cap + 1, min(4 * c.cap, c.window + 2 * WINDOW_STEP))
             c.grow(c.base + c.drop + room)
         self._logits = self.engine.forward(np.asarray(ids, dtype=np.int64)[:, None], self.cache)[:, 0]

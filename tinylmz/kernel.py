@@ -479,7 +479,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     KV, cap[, D]) for these n streams, the new position at index o0, the visible ones from lo;
     ``shared`` likewise for a shared prefix (stream 0 of it, its P positions: views [..., :P]) or None.
     ``laid``: (kp, vp, ks), the own keys and values laid out as ``attend_batches`` reads them
-    (native/attention.c: shaped like k, v and sk; ks int32), kept up by the step, or None.
+    (native/attention.c: shaped like k, v and sk; ks int32), kept up by the step, or None; with
+    it k and v may be None (the cache held laid out only: then n = 1 or the shared prefix is short).
     """
     lib = lib or load().lib
     k, v, sk, sv, svc = own
@@ -488,8 +489,8 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     ls, ns, cap = sk.strides[0] // 8, sk.strides[1] // 8, sk.shape[3]
     for a in (sk, sv, svc):
         assert a.dtype == np.float64 and a.strides == sk.strides and a.strides[2:] == (cap * 8, 8)
-    for a in (k, v):
-        assert a.dtype == np.int8 and a.strides == (ls * D, ns * D, cap * D, D, 1)
+    for a in (k, v):  # None: held laid out only
+        assert a is None and laid is not None or a.dtype == np.int8 and a.strides == (ls * D, ns * D, cap * D, D, 1)
     assert ns == sk.shape[2] * cap and x.flags.c_contiguous and x.dtype == np.float64 and 0 <= lo <= o0 < cap
     if shared is None:
         k0 = v0 = sk0 = sv0 = svc0 = None
@@ -505,12 +506,12 @@ def decode_step(x: np.ndarray, dims: np.ndarray, table: np.ndarray, eps: float, 
     if laid is not None:
         kp, vp, ks = laid
         assert D == 64 and cap % 16 == 0 and lo % 16 == 0 and packs()
-        assert kp.strides == vp.strides == k.strides and ks.dtype == np.int32 and ks.strides == tuple(
-            st // 2 for st in sk.strides)
+        assert kp.strides == vp.strides == (ls * D, ns * D, cap * D, D, 1) and ks.dtype == np.int32
+        assert ks.strides == tuple(st // 2 for st in sk.strides)
         assert all(a.ctypes.data % 64 == 0 for a in laid)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     if not lib.decode_step(x.ctypes.data, dims.ctypes.data, table.ctypes.data, float(eps), cos.ctypes.data,
-                           sin.ctypes.data, k.ctypes.data, v.ctypes.data, sk.ctypes.data, sv.ctypes.data,
+                           sin.ctypes.data, ptr(k), ptr(v), sk.ctypes.data, sv.ctypes.data,
                            svc.ctypes.data, ptr(kp), ptr(vp), ptr(ks), ls, ns, cap, o0, lo, ptr(k0), ptr(v0),
                            ptr(sk0), ptr(sv0), ptr(svc0), ls0, cap0, P, float(inv), float(steps), exp.ctypes.data,
                            len(exp), sig.ctypes.data, float(sig_range), float(sig_steps), threads()):

@@ -234,7 +234,13 @@ static inline void add_row_sums(__m512i l0, __m512i l1, __m512i l2, __m512i l3, 
 
 /* o[r] = sum_j p[r][j] v[j] (int64, r < R, j < T) from pack_values; v itself is read for the
  * rare weights of 2^16.  plo, phi: scratch of PV_QUADS dwords per row. */
-static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, const __m512i *vt, keys_t v, int64_t *o,
+/* Value byte d of key j in pack_values' layout (quad j / 4 from vector j & ~3). */
+static inline int8_t laid_value(const __m512i *vt, int64_t j, int d)
+{
+    return ((const int8_t *)(vt + (j & ~(int64_t)3)))[d % 16 / 4 * 64 + d / 16 * 16 + d % 4 * 4 + j % 4];
+}
+
+static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, const __m512i *vt, int64_t *o,
                         uint32_t *plo, uint32_t *phi)
 {
     const __m512i lo8 = _mm512_set1_epi32(0xFF), top = _mm512_set1_epi32(0xFFFF);
@@ -249,9 +255,9 @@ static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, cons
                 _mm_storeu_si128((__m128i *)(plo + r * PV_QUADS + jj / 4), _mm512_cvtepi32_epi8(_mm512_and_si512(w, lo8)));
                 _mm_storeu_si128((__m128i *)(phi + r * PV_QUADS + jj / 4), _mm512_cvtusepi32_epi8(_mm512_srli_epi32(w, 8)));
                 for (__mmask16 big = _mm512_cmpgt_epi32_mask(w, top); big; big &= big - 1) {
-                    const int8_t *vj = key_at(v, j0 + jj + __builtin_ctz(big));
+                    int64_t j = j0 + jj + __builtin_ctz(big);
                     for (int d = 0; d < 64; d++)
-                        o[r * 64 + d] += 256 * (int64_t)vj[d];
+                        o[r * 64 + d] += 256 * (int64_t)laid_value(vt, j, d);
                 }
             }
         const __m512i *vb = vt + j0; /* 4 vectors per quad: quad j0 / 4 starts at vector j0 */
@@ -326,7 +332,7 @@ static int pv_lanes(const int32_t *p, const int8_t *v, int64_t R, int64_t T, int
     keys_t vv = {v, v, T};
     pack_values(vv, T, buf);
     uint32_t *plo = (uint32_t *)(buf + quads * 4);
-    values_rows(p, ld, R, T, buf, vv, o, plo, plo + R * PV_QUADS);
+    values_rows(p, ld, R, T, buf, o, plo, plo + R * PV_QUADS);
     free(buf);
     return 1;
 }
@@ -869,13 +875,12 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
     double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
     uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
     int64_t i = h * R + r0;
-    keys_t vv = {j->v0 + h * j->kv0, j->v1 + h * j->kvh, j->P};
     unsigned_rows(j->q + i * 64, rn, qu);
     scores_rows(qu, rn, hb, hb + blocks * 16, Tt, s, Tt);
     softmax_rows(s, j->sq + i, j->sk0 + h * j->s0, j->sv0 + h * j->s0, j->P, j->sk1 + h * j->sh, j->sv1 + h * j->sh,
                  j->svmax + i, j->pos + r0, rn, Tt, j->inv, j->steps, j->table, j->L, s, j->esum + i, sbuf,
                  ratio); /* weights over the scores */
-    values_rows(s, Tt, rn, Tt, hb + blocks * 17, vv, j->o + i * 64, plo, phi);
+    values_rows(s, Tt, rn, Tt, hb + blocks * 17, j->o + i * 64, plo, phi);
 }
 
 /* Attention of the decoding step (D = 64), fused per (stream, kv head): each task scores,
@@ -884,12 +889,13 @@ static void attend_tile_task(void *p, int64_t task, int64_t me)
  * stream's own keys (k1 + b kvn + h kvh, scales sk1/sv1 + b sn + h sh), T in all.  q, sq,
  * svmax, o, esum: batch-major (b, h, r).
  *
- * The own keys and values come laid out already when kp is given (the decoder's copy of its
- * cache, kept up by decode_step: same offsets as k1 and v1; keys in pack_keys' blocks of 16,
- * values in pack_values' quads, ks the blocks' corr, 128 times each key's byte sum, int32;
- * 64-byte aligned, own key 0 at a block's start).  Otherwise, and for the prefix, a task lays
- * them out in its own buffer: with a window of 2,048 that was 40 % of the attention's time.
- * The prefix and the own keys are laid out apart (each from a block's start). */
+ * The own keys and values come laid out already when kp is given (the decoder's cache in that
+ * form, kept up by decode_step, at the offsets k1 and v1 would have, which are then not read
+ * and may be NULL; keys in pack_keys' blocks of 16, values in pack_values' quads, ks the blocks'
+ * corr, 128 times each key's byte sum, int32; 64-byte aligned, own key 0 at a block's start).
+ * Otherwise, and for the prefix, a task lays them out in its own buffer: with a window of 2,048
+ * that was 40 % of the attention's time.  The prefix and the own keys are laid out apart (each
+ * from a block's start). */
 static void attend_batch_task(void *p, int64_t t, int64_t me)
 {
     const attend_job *j = p;
@@ -900,8 +906,9 @@ static void attend_batch_task(void *p, int64_t t, int64_t me)
     double *sbuf = (double *)(s + ATT_ROWS * T), *ratio = sbuf + T;
     uint32_t *plo = (uint32_t *)(ratio + T), *phi = plo + ATT_ROWS * PV_QUADS;
     int64_t *o = j->o + i * 64, *o0 = (int64_t *)(phi + ATT_ROWS * PV_QUADS); /* o0: the prefix's part */
-    const int8_t *k1 = j->k1 + b * j->kvn + h * j->kvh, *v1 = j->v1 + b * j->kvn + h * j->kvh;
-    keys_t k0 = {j->k0 + h * j->kv0, NULL, P}, v0 = {j->v0 + h * j->kv0, NULL, P};
+    /* k1, v1: the own rows, laid out here (NULL where kp gives them laid out) */
+    const int8_t *k1 = j->kp ? NULL : j->k1 + b * j->kvn + h * j->kvh, *v1 = j->kp ? NULL : j->v1 + b * j->kvn + h * j->kvh;
+    keys_t k0 = {P ? j->k0 + h * j->kv0 : NULL, NULL, P}, v0 = {P ? j->v0 + h * j->kv0 : NULL, NULL, P};
     keys_t ko = {k1, NULL, own}, vo = {v1, NULL, own};
     const __m512i *kto = kt, *co = corr, *vto = vt; /* the own keys and values laid out */
     if (j->kp) {
@@ -922,10 +929,10 @@ static void attend_batch_task(void *p, int64_t t, int64_t me)
                  j->esum + i, sbuf, ratio);
     if (!j->kp)
         pack_values(vo, own, vt);
-    values_rows(s + P, T, R, own, vto, vo, o, plo, phi);
+    values_rows(s + P, T, R, own, vto, o, plo, phi);
     if (P) { /* exact integer sums: the prefix's part added to the own keys' */
         pack_values(v0, P, vt);
-        values_rows(s, T, R, P, vt, v0, o0, plo, phi);
+        values_rows(s, T, R, P, vt, o0, plo, phi);
         for (int64_t x = 0; x < R * 64; x++)
             o[x] += o0[x];
     }

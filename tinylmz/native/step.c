@@ -106,7 +106,8 @@ static int add_product(double *x, const double *a, int64_t n, int64_t K, const i
  * addresses, ls / ns = strides of a layer / a stream in elements of the scale arrays (k and v:
  * times D), cap; o0 = array index of the new position, lo = first visible own index.  Optional
  * (NULL: none): kp, vp and ks, the same keys and values laid out for attend_batches, kept up
- * here (lo a multiple of 16, cap too, 64-byte aligned; D = 64).
+ * here (lo a multiple of 16, cap too, 64-byte aligned; D = 64); with them ck and cv may be NULL
+ * (the cache held laid out only: then the fused attention must apply, n = 1 or P <= 4).
  * Shared prefix (P positions, stream 0 of a cache with capacity cap0; P = 0: none).
  * Returns 0 when memory runs out (x then undefined). */
 int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double eps, const double *cos,
@@ -160,7 +161,7 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
     double t0 = now_s();
     for (int64_t l = 0; l < L && ok; l++) {
         const int64_t *w = wt + l * W_FIELDS;
-        int8_t *K8 = ck + l * ls * D, *V8 = cv + l * ls * D;
+        int8_t *K8 = ck ? ck + l * ls * D : NULL, *V8 = cv ? cv + l * ls * D : NULL; /* NULL: held laid out only */
         int8_t *KP = ckp ? ckp + l * ls * D : NULL, *VP = cvp ? cvp + l * ls * D : NULL;
         int32_t *KS = cks ? cks + l * ls : NULL;
         double *SK = csk + l * ls, *SV = csv + l * ls, *SVC = csvc + l * ls;
@@ -180,17 +181,17 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
             quant16(qkv + b * Q + (H + KV) * D, KV, D, 127.0, a16 + b * KV * D, s2 + b * KV);
             for (int64_t j = 0; j < KV; j++) {
                 int64_t c = b * ns + j * cap + o0, i = b * KV + j;
-                for (int64_t d = 0; d < D; d++) {
+                for (int64_t d = 0; K8 && d < D; d++) {
                     K8[c * D + d] = (int8_t)k16[i * D + d];
                     V8[c * D + d] = (int8_t)a16[i * D + d];
                 }
-                if (KP) { /* and laid out for the lane-wise attention: see attend_batches */
+                if (KP) { /* laid out for the lane-wise attention: see attend_batches */
                     int8_t *kb = KP + (c - o0 % 16) * D, *vb = VP + (c - o0 % 4) * D;
                     int32_t sum = 0;
                     for (int64_t d = 0; d < D; d++) {
-                        kb[d / 4 * 64 + o0 % 16 * 4 + d % 4] = K8[c * D + d];
-                        vb[d % 16 / 4 * 64 + d / 16 * 16 + d % 4 * 4 + o0 % 4] = V8[c * D + d];
-                        sum += K8[c * D + d];
+                        kb[d / 4 * 64 + o0 % 16 * 4 + d % 4] = (int8_t)k16[i * D + d];
+                        vb[d % 16 / 4 * 64 + d / 16 * 16 + d % 4 * 4 + o0 % 4] = (int8_t)a16[i * D + d];
+                        sum += (int8_t)k16[i * D + d];
                     }
                     KS[c] = 128 * sum;
                 }
@@ -215,12 +216,16 @@ int64_t decode_step(double *x, const int64_t *dims, const int64_t *wt, double ep
         lap(PH_CACHE, &t0);
         /* fused, one (stream, kv head) per task, unless one pass over a long shared prefix for all
          * streams' rows reads less */
-        if (!once && attend_batches(q8, s1, n, KV, R, D, P ? k0 + l * ls0 * D : K8, P ? v0 + l * ls0 * D : V8, cap0 * D,
-                                    P ? sk0 + l * ls0 : SK, P ? sv0 + l * ls0 : SV, cap0, P, K8 + lo * D,
-                                    V8 + lo * D, ns * D, cap * D, SK + lo, SV + lo, ns, cap, T,
+        if (!once && attend_batches(q8, s1, n, KV, R, D, P ? k0 + l * ls0 * D : NULL, P ? v0 + l * ls0 * D : NULL,
+                                    cap0 * D, P ? sk0 + l * ls0 : SK, P ? sv0 + l * ls0 : SV, cap0, P,
+                                    K8 ? K8 + lo * D : NULL, V8 ? V8 + lo * D : NULL, ns * D, cap * D, SK + lo, SV + lo,
+                                    ns, cap, T,
                                     KP ? KP + lo * D : NULL, VP ? VP + lo * D : NULL, KS ? KS + lo : NULL, svmax,
                                     pos, inv, steps, table, tlen, pv, esum, ant)) {
             lap(PH_ATT, &t0);
+        } else if (!K8) { /* a cache held laid out only is for the fused path (the engine sees to it) */
+            ok = 0;
+            break;
         } else {
             qk_mt(q8, K8 + lo * D, B, R, own, D, cap * D, acc + P, R * T, T, ant);
             if (once) {
