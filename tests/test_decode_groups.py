@@ -35,7 +35,7 @@ def test_groups_are_bounded_and_cover_every_block(tiny_model, monkeypatch):
 @pytest.mark.parametrize("positions", [1, 32 * 12, 10**9])
 def test_side_by_side_equals_one_by_one(tiny_model, monkeypatch, positions):
     blob = tinylmz.compress(TEXT, model=str(tiny_model), block_size=512, segment_tokens=32)
-    monkeypatch.setattr(codec, "DECODE_BYTES", positions * api.POSITION_BYTES)
+    monkeypatch.setattr(codec, "DECODE_BYTES", positions * codec.POSITION_BYTES)
     assert tinylmz.decompress(blob, model=str(tiny_model)) == TEXT
 
 

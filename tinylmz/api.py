@@ -233,11 +233,8 @@ def open_reader(fileobj, *, model=None, context: bytes | None = None, force: boo
     return reader, session
 
 
-POSITION_BYTES = 13680  # per cached position, for engines that do not say (SmolLM2-135M's int8 cache)
-
-
 def _groups(blocks, segment_tokens: int, window: int | None = None,
-            position_bytes: Callable[[], int] = lambda: POSITION_BYTES) -> Iterator[list]:
+            position_bytes: Callable[[], int] = lambda: codec.POSITION_BYTES) -> Iterator[list]:
     """Consecutive blocks whose model-coded streams' caches fit ``codec.DECODE_BYTES`` together
     (``position_bytes()``: a stream's bytes per cached position, asked at the first model block).
 
@@ -286,7 +283,7 @@ def iter_decompress(fileobj, *, model=None, context: bytes | None = None, force:
         nonlocal session
         session = session or make_session()
         ask = getattr(session.engine, "position_bytes", None)
-        return ask(session.window) if ask else POSITION_BYTES
+        return ask(session.window) if ask else codec.POSITION_BYTES
 
     for group in _groups(iter(reader.blocks()), reader.header.segment_tokens, reader.header.window, position_bytes):
         if session is None and any(b.method == container.MODEL for b in group):

@@ -66,8 +66,10 @@ V2_ADAPTIVE = 1
 # binary; the model cannot help and would take a model call per byte.
 MAX_TOKENS_PER_BYTE = 0.6
 # Decoder: the key/value cache of the streams advanced together (36,864 positions of SmolLM2-135M's
-# int8 cache, ~500 MB): blocks are grouped to fit it.
-DECODE_BYTES = 36864 * 13680
+# int8 cache, ~500 MB): blocks are grouped to fit it.  POSITION_BYTES: one position of that cache,
+# for engines that do not say (``position_bytes``).
+POSITION_BYTES = 13680
+DECODE_BYTES = 36864 * POSITION_BYTES
 FREQ_ROWS = 32  # positions turned into frequency tables at once (memory: FREQ_ROWS x V x 8 bytes, a few times)
 
 

@@ -30,7 +30,7 @@ from importlib import resources
 import numpy as np
 
 
-from .threads import available_cpus, set_threads, side_by_side, single_thread, threads  # noqa: F401 - re-exported
+from .threads import available_cpus, set_threads, side_by_side, threads  # noqa: F401 - re-exported
 
 
 def _cpu_id() -> str:

@@ -73,8 +73,6 @@ def fixed() -> int | None:
 
 def threads() -> int:
     """Threads for a kernel call made now from this thread."""
-    if getattr(_local, "single", False):
-        return 1
     chosen = getattr(_local, "chosen", None)
     if chosen is not None:
         return chosen
@@ -82,16 +80,6 @@ def threads() -> int:
     if getattr(_local, "sharing", False):
         return max(1, n // max(_sharing[0], 1))
     return n
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Kernel calls from this thread use one core."""
-    _local.single = True
-    try:
-        yield
-    finally:
-        _local.single = False
 
 
 _sharing = [0]  # threads inside side_by_side() now
@@ -169,7 +157,7 @@ class Governor:
     def run(self, units: int):
         """Time the calls inside, made with the thread count chosen for ``units`` of work."""
         shared = getattr(_local, "sharing", False) and _sharing[0] > 1  # the share sets the count
-        if getattr(_local, "single", False) or shared or fixed() is not None or units <= 0:
+        if shared or fixed() is not None or units <= 0:
             yield
             return
         most = available_cpus()

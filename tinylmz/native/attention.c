@@ -232,14 +232,15 @@ static inline void add_row_sums(__m512i l0, __m512i l1, __m512i l2, __m512i l3, 
     }
 }
 
-/* o[r] = sum_j p[r][j] v[j] (int64, r < R, j < T) from pack_values; v itself is read for the
- * rare weights of 2^16.  plo, phi: scratch of PV_QUADS dwords per row. */
 /* Value byte d of key j in pack_values' layout (quad j / 4 from vector j & ~3). */
 static inline int8_t laid_value(const __m512i *vt, int64_t j, int d)
 {
     return ((const int8_t *)(vt + (j & ~(int64_t)3)))[d % 16 / 4 * 64 + d / 16 * 16 + d % 4 * 4 + j % 4];
 }
 
+/* o[r] = sum_j p[r][j] v[j] (int64, r < R, j < T) from pack_values' layout vt, which is all it
+ * reads (the rare weights of 2^16 too, a byte at a time).  plo, phi: scratch of PV_QUADS dwords
+ * per row. */
 static void values_rows(const int32_t *p, int64_t ld, int64_t R, int64_t T, const __m512i *vt, int64_t *o,
                         uint32_t *plo, uint32_t *phi)
 {
