@@ -29,6 +29,34 @@ def test_pool_products_equal_for_every_thread_count():
         assert np.array_equal(kernel.qgemm(x, w), want), nt
 
 
+def test_decoder_step_products_are_threaded_and_equal():
+    """Products of 1, 2 and 7 rows by a 576-wide layer (a decoder step's: 1 or 7 streams) go to
+    the pool (on AVX2 or NEON they once ran on one core under 2^22 multiply-adds) and give the
+    same integers for every thread count, in the two rounds of long tasks as in one."""
+    fn = kernel.load()
+    assert fn is not None, "the native kernel did not build"
+    calls = fn.lib.pool_calls
+    calls.restype, calls.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (1536, 576)).astype(np.int8)
+    for n in (1, 2, 7):
+        x = rng.integers(-32767, 32768, (n, 576)).astype(np.int16)
+        want = x.astype(np.int64) @ w.T.astype(np.int64)
+        for nt in (1, 2, 3, 4):
+            threads.set_threads(nt)
+            assert np.array_equal(kernel.qgemm(x, w), want), (n, nt)
+    threads.set_threads(2)
+    x = rng.integers(-32767, 32768, (1, 576)).astype(np.int16)
+    kernel.qgemm(x, w)  # worker 1 exists now
+    before = calls(1)
+    for _ in range(50):
+        kernel.qgemm(x, w)
+    deadline = time.monotonic() + 5
+    while calls(1) == before and time.monotonic() < deadline:  # a busy machine may hold worker 1 back
+        time.sleep(0.01)
+    assert calls(1) > before
+
+
 def test_pool_calls_only_the_workers_a_job_uses():
     """A pool started with 3 threads, then run with 2: its third worker is never woken (it once
     was, in place of the second, and took the CPU of the two that worked)."""

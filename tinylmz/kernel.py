@@ -198,9 +198,9 @@ def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> 
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     args = (x.ctypes.data, n, K, w.ctypes.data)
     tail = (N, out.ctypes.data, ptr(sx), ptr(ws), ptr(y))
-    if n_threads <= 1 or n * N * K < 1 << 22:  # small products: a thread hand-off costs more than it saves
+    if n_threads <= 1:
         fn(*args, 0, N, *tail)
-    else:  # tasks of column tiles claimed by the pool's threads (native/pool.c)
+    else:  # tasks of column tiles claimed by the pool's threads (native/pool.c); small products stay on one
         fn.lib.qgemm_mt(*args, *tail, n_threads)
     return out if y is None else y
 

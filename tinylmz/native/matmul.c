@@ -110,19 +110,43 @@ typedef struct {
     double *y;
 } qgemm_job;
 
+/* First column tile of task c (c = tasks: the end); with an even number of at least 4 tasks,
+ * two rounds: the first half of them covers 3/4 of the tiles, the second the last quarter, so
+ * that the thread that ends its first-round task last waits for a short one. */
+static int64_t qgemm_edge(const qgemm_job *j, int64_t c)
+{
+    int64_t half = j->tasks / 2, first = j->tiles * 3 / 4;
+    if (j->tasks < 4 || j->tasks % 2)
+        return j->tiles * c / j->tasks;
+    return c <= half ? first * c / half : first + (j->tiles - first) * (c - half) / half;
+}
+
 static void qgemm_task(void *p, int64_t c, int64_t me)
 {
     const qgemm_job *j = p;
     (void)me;
-    int64_t j0 = j->tiles * c / j->tasks * TC, j1 = c == j->tasks - 1 ? j->N : j->tiles * (c + 1) / j->tasks * TC;
+    int64_t j0 = qgemm_edge(j, c) * TC, j1 = c == j->tasks - 1 ? j->N : qgemm_edge(j, c + 1) * TC;
     qgemm(j->x, j->n, j->K, j->w, j0, j1, j->N, j->out, j->sx, j->ws, j->y);
 }
 
+/* The thread rule of int8-rows products, in one place (as qgemm_lanes has its own): products
+ * under 2^17 multiply-adds run on the calling thread (a hand-off costs more than they take);
+ * up to 8 rows (a decoder step) in two long tasks per thread, each a run of consecutive tiles;
+ * more rows in pool_tasks' finer split.  Before, products under 2^22 ran on one thread, which
+ * on AVX2 (no VNNI) left a one-stream decoder step's products, and a 7-stream step's qkv and
+ * o products, on one core. */
 void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
               const double *sx, const double *ws, double *y, int64_t nt)
 {
     int64_t tiles = N / TC;
-    qgemm_job j = {x, n, K, N, tiles, pool_tasks(tiles, nt), w, out, sx, ws, y};
+    if (n * N * K < 1 << 17 || tiles < 2)
+        nt = 1;
+    if (nt <= 1) {
+        qgemm(x, n, K, w, 0, N, N, out, sx, ws, y);
+        return;
+    }
+    int64_t tasks = tiles >= 2 * nt && n <= 8 ? 2 * nt : pool_tasks(tiles, nt);
+    qgemm_job j = {x, n, K, N, tiles, tasks, w, out, sx, ws, y};
     pool_for(j.tasks, nt, qgemm_task, &j);
 }
 

@@ -82,10 +82,7 @@ static int product(const int16_t *q, const double *sx, int64_t n, int64_t K, con
     const double *ws = (const double *)w[2];
     if (packed) /* qgemm_lanes itself runs small products on one thread */
         return (int)qgemm_lanes(q, n, K, (const int8_t *)w[0], (const int32_t *)w[1], N, NULL, sx, ws, y, nt);
-    if (nt <= 1 || n * N * K < 1 << 22)
-        qgemm(q, n, K, (const int8_t *)w[0], 0, N, N, out, sx, ws, y);
-    else
-        qgemm_mt(q, n, K, (const int8_t *)w[0], N, out, sx, ws, y, nt);
+    qgemm_mt(q, n, K, (const int8_t *)w[0], N, out, sx, ws, y, nt); /* it runs small products on one thread */
     return 1;
 }
 
