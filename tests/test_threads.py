@@ -29,14 +29,28 @@ def test_pool_products_equal_for_every_thread_count():
         assert np.array_equal(kernel.qgemm(x, w), want), nt
 
 
-def test_decoder_step_products_are_threaded_and_equal():
-    """Products of 1, 2 and 7 rows by a 576-wide layer (a decoder step's: 1 or 7 streams) go to
-    the pool (on AVX2 or NEON they once ran on one core under 2^22 multiply-adds) and give the
-    same integers for every thread count, in the two rounds of long tasks as in one."""
+def _pool_calls():
+    """``pool_calls(i)``: how many jobs worker i of the kernel's pool has run."""
     fn = kernel.load()
     assert fn is not None, "the native kernel did not build"
     calls = fn.lib.pool_calls
     calls.restype, calls.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    return calls
+
+
+def _worker_called(calls, before: int) -> bool:
+    """Whether worker 1 has run a job since its count was ``before`` (a busy machine may hold it back a while)."""
+    deadline = time.monotonic() + 5
+    while calls(1) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return calls(1) > before
+
+
+def test_decoder_step_products_are_threaded_and_equal():
+    """Products of 1, 2 and 7 rows by a 576-wide layer (a decoder step's: 1 or 7 streams) go to
+    the pool (on AVX2 or NEON they once ran on one core under 2^22 multiply-adds) and give the
+    same integers for every thread count, in the two rounds of long tasks as in one."""
+    calls = _pool_calls()
     rng = np.random.default_rng(5)
     w = rng.integers(-127, 128, (1536, 576)).astype(np.int8)
     for n in (1, 2, 7):
@@ -51,19 +65,13 @@ def test_decoder_step_products_are_threaded_and_equal():
     before = calls(1)
     for _ in range(50):
         kernel.qgemm(x, w)
-    deadline = time.monotonic() + 5
-    while calls(1) == before and time.monotonic() < deadline:  # a busy machine may hold worker 1 back
-        time.sleep(0.01)
-    assert calls(1) > before
+    assert _worker_called(calls, before)
 
 
 def test_pool_calls_only_the_workers_a_job_uses():
     """A pool started with 3 threads, then run with 2: its third worker is never woken (it once
     was, in place of the second, and took the CPU of the two that worked)."""
-    fn = kernel.load()
-    assert fn is not None, "the native kernel did not build"
-    calls = fn.lib.pool_calls
-    calls.restype, calls.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    calls = _pool_calls()
     rng = np.random.default_rng(4)
     x = rng.integers(-32767, 32768, (7, 1536)).astype(np.int16)
     w = rng.integers(-127, 128, (2052, 1536)).astype(np.int8)
@@ -74,10 +82,7 @@ def test_pool_calls_only_the_workers_a_job_uses():
     threads.set_threads(2)
     for _ in range(50):
         kernel.qgemm(x, w)
-    deadline = time.monotonic() + 5
-    while calls(1) == before[0] and time.monotonic() < deadline:  # a busy machine may hold worker 1 back
-        time.sleep(0.01)
-    assert calls(1) > before[0]
+    assert _worker_called(calls, before[0])
     assert calls(2) == before[1]
 
 

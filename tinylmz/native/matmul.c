@@ -110,31 +110,42 @@ typedef struct {
     double *y;
 } qgemm_job;
 
-/* First column tile of task c (c = tasks: the end); with an even number of at least 4 tasks,
- * two rounds: the first half of them covers 3/4 of the tiles, the second the last quarter, so
- * that the thread that ends its first-round task last waits for a short one. */
-static int64_t qgemm_edge(const qgemm_job *j, int64_t c)
+/* First tile of task t of `tasks` over `tiles` (t = tasks: the end).  With an even number of at
+ * least 4 tasks they come in two rounds: the first half of them covers 3/4 of the tiles, the
+ * second half the last quarter, so that the thread that ends its first-round task last waits
+ * for a short one.  Shared by both product paths. */
+static int64_t task_edge(int64_t tiles, int64_t tasks, int64_t t)
 {
-    int64_t half = j->tasks / 2, first = j->tiles * 3 / 4;
-    if (j->tasks < 4 || j->tasks % 2)
-        return j->tiles * c / j->tasks;
-    return c <= half ? first * c / half : first + (j->tiles - first) * (c - half) / half;
+    int64_t half = tasks / 2, first = tiles * 3 / 4;
+    if (tasks < 4 || tasks % 2)
+        return tiles * t / tasks;
+    return t <= half ? first * t / half : first + (tiles - first) * (t - half) / half;
+}
+
+/* Up to 8 rows (a decoder step of a few streams), two long tasks per thread, each a run of
+ * consecutive tiles (task_edge): with pool_tasks' 8 per thread, 7-row products took a quarter
+ * to a third longer on the packed path, and threading one- or two-row products made a
+ * one-stream step slower there.  More rows are arithmetic and gain from the finer split (20
+ * rows: two rounds took 1.5 times as long). */
+static int64_t product_tasks(int64_t tiles, int64_t n, int64_t nt)
+{
+    return nt > 1 && tiles >= 2 * nt && n <= 8 ? 2 * nt : pool_tasks(tiles, nt);
 }
 
 static void qgemm_task(void *p, int64_t c, int64_t me)
 {
     const qgemm_job *j = p;
     (void)me;
-    int64_t j0 = qgemm_edge(j, c) * TC, j1 = c == j->tasks - 1 ? j->N : qgemm_edge(j, c + 1) * TC;
+    int64_t j0 = task_edge(j->tiles, j->tasks, c) * TC;
+    int64_t j1 = c == j->tasks - 1 ? j->N : task_edge(j->tiles, j->tasks, c + 1) * TC;
     qgemm(j->x, j->n, j->K, j->w, j0, j1, j->N, j->out, j->sx, j->ws, j->y);
 }
 
 /* The thread rule of int8-rows products, in one place (as qgemm_lanes has its own): products
- * under 2^17 multiply-adds run on the calling thread (a hand-off costs more than they take);
- * up to 8 rows (a decoder step) in two long tasks per thread, each a run of consecutive tiles;
- * more rows in pool_tasks' finer split.  Before, products under 2^22 ran on one thread, which
- * on AVX2 (no VNNI) left a one-stream decoder step's products, and a 7-stream step's qkv and
- * o products, on one core. */
+ * under 2^17 multiply-adds run on the calling thread (a hand-off costs more than they take),
+ * the others in product_tasks.  Before, products under 2^22 ran on one thread, which on AVX2
+ * (no VNNI) left a one-stream decoder step's products, and a 7-stream step's qkv and o
+ * products, on one core. */
 void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N, int64_t *out,
               const double *sx, const double *ws, double *y, int64_t nt)
 {
@@ -145,8 +156,7 @@ void qgemm_mt(const int16_t *x, int64_t n, int64_t K, const int8_t *w, int64_t N
         qgemm(x, n, K, w, 0, N, N, out, sx, ws, y);
         return;
     }
-    int64_t tasks = tiles >= 2 * nt && n <= 8 ? 2 * nt : pool_tasks(tiles, nt);
-    qgemm_job j = {x, n, K, N, tiles, tasks, w, out, sx, ws, y};
+    qgemm_job j = {x, n, K, N, tiles, product_tasks(tiles, n, nt), w, out, sx, ws, y};
     pool_for(j.tasks, nt, qgemm_task, &j);
 }
 
@@ -290,22 +300,11 @@ typedef struct {
     double *y;
 } lanes_job;
 
-/* First tile of task t (t = tasks: the end).  Tasks come in two rounds: the first half of them
- * covers 3/4 of the tiles, the second half the last quarter, so that the thread that ends its
- * first-round task last waits for a short one. */
-static int64_t lanes_edge(const lanes_job *j, int64_t t)
-{
-    int64_t half = j->tasks / 2, first = j->tiles * 3 / 4;
-    if (j->tasks < 4 || j->tasks % 2)
-        return j->tiles * t / j->tasks;
-    return t <= half ? first * t / half : first + (j->tiles - first) * (t - half) / half;
-}
-
 static void lanes_task(void *p, int64_t t, int64_t me)
 {
     const lanes_job *j = p;
     (void)me;
-    int64_t b0 = lanes_edge(j, t) * LTC, b1 = lanes_edge(j, t + 1) * LTC;
+    int64_t b0 = task_edge(j->tiles, j->tasks, t) * LTC, b1 = task_edge(j->tiles, j->tasks, t + 1) * LTC;
     lanes_blocks(j->xl, j->xh, j->n, j->K4, j->wp, j->wsum, b0, b1 < j->blocks ? b1 : j->blocks, j->N, j->out,
                  j->sx, j->ws, j->y);
 }
@@ -337,16 +336,12 @@ int64_t qgemm_lanes(const int16_t *x, int64_t n, int64_t K, const int8_t *wp, co
             li[k] = 0, hi[k] = 128; /* x = 0 */
     }
     int64_t blocks = N / 16, tiles = (blocks + LTC - 1) / LTC;
-    /* Up to 8 rows (a decoder step of a few streams), two long tasks per thread, each a run of
-     * consecutive tiles (lanes_edge): with pool_tasks' 8 per thread, 7-row products took a
-     * quarter to a third longer, and threading one- or two-row products made a one-stream step
-     * slower.  More rows are arithmetic and gain from the finer split (20 rows: two rounds took
-     * 1.5 times as long).  Products of one or two rows are bound by reading the weights, and
-     * threads pay for them from 2^17 multiply-adds; more rows from 2^20 on. */
+    /* Products of one or two rows are bound by reading the weights, and threads pay for them
+     * from 2^17 multiply-adds; more rows from 2^20 on. */
     int small = n <= 2;
     if (n * N * K < (small ? 1 << 17 : 1 << 20))
         nt = 1;
-    int64_t tasks = nt > 1 && tiles >= 2 * nt && n <= 8 ? 2 * nt : pool_tasks(tiles, nt);
+    int64_t tasks = product_tasks(tiles, n, nt);
     lanes_job j = {(const int32_t *)xl, (const int32_t *)xh, n, K4, wp, wsum, blocks, tiles, tasks, N, out, sx, ws, y};
     pool_for(j.tasks, nt, lanes_task, &j);
     free(xs);
