@@ -196,12 +196,9 @@ def _run(fn, x: np.ndarray, w: np.ndarray, n_threads: int, sx=None, ws=None) -> 
     out = np.empty((n, N), dtype=np.int64)
     y = None if sx is None else np.empty((n, N), dtype=np.float64)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
-    args = (x.ctypes.data, n, K, w.ctypes.data)
-    tail = (N, out.ctypes.data, ptr(sx), ptr(ws), ptr(y))
-    if n_threads <= 1:
-        fn(*args, 0, N, *tail)
-    else:  # tasks of column tiles claimed by the pool's threads (native/pool.c); small products stay on one
-        fn.lib.qgemm_mt(*args, *tail, n_threads)
+    # tasks of column tiles claimed by the pool's threads (native/pool.c); qgemm_mt keeps small
+    # products, and n_threads <= 1, on this thread
+    fn.lib.qgemm_mt(x.ctypes.data, n, K, w.ctypes.data, N, out.ctypes.data, ptr(sx), ptr(ws), ptr(y), n_threads)
     return out if y is None else y
 
 
